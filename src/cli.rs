@@ -1,0 +1,451 @@
+//! The `erasure` command line (DESIGN.md section 5).
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::{
+    config::{Config, SETTINGS},
+    contract::{RequestId, StatusDocument},
+    intake::auth,
+    queue::{Topology, redrive},
+    secrets, seed,
+    startup::{self, Role},
+    store::{self, apps, requests},
+    telemetry,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "erasure",
+    version,
+    about = "Erases users' data from a conversational-bot platform, durably, and proves it did"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the service: HTTP intake, outbox relay and workers.
+    Serve {
+        #[arg(long, value_enum, default_value = "all")]
+        role: Role,
+    },
+    /// Create the database if missing and apply migrations.
+    Migrate,
+    /// Print the effective configuration, secrets masked.
+    Config,
+    /// Manage API apps.
+    App {
+        #[command(subcommand)]
+        command: AppCommand,
+    },
+    /// Print a JWT for an app.
+    Token {
+        #[arg(long)]
+        client_id: String,
+        #[arg(long)]
+        secret: String,
+        /// Lifetime in seconds (adds an `exp` claim).
+        #[arg(long, default_value_t = 3600)]
+        ttl: i64,
+    },
+    /// Fill the platform schema with demo data.
+    Seed {
+        #[arg(long, default_value_t = 100)]
+        users: i64,
+        #[arg(long, default_value_t = 3)]
+        bots: i64,
+        #[arg(long, default_value_t = 10_000)]
+        rows: i64,
+        /// Account that owns the seeded bots (created if missing).
+        #[arg(long, default_value = "acct-demo")]
+        account: String,
+        /// Tag in every seeded id: users `u-<tag>-N`, bots `st-<tag>-N`.
+        #[arg(long, default_value = "demo")]
+        tag: String,
+    },
+    /// Submit an erase request through the HTTP API.
+    Submit(SubmitArgs),
+    /// Show a request's status; `--watch` follows it with a progress bar until it settles.
+    Status {
+        request_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Move dead-lettered messages back for another attempt.
+    Redrive {
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Inspect requests.
+    Requests {
+        #[command(subcommand)]
+        command: RequestsCommand,
+    },
+    /// Inspect queues.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AppCommand {
+    /// Register an API app of an existing account; prints {"clientId", "clientSecret"}.
+    Create {
+        #[arg(long)]
+        account: String,
+        /// Scopes (repeatable).
+        #[arg(long = "scope", default_values_t = vec![auth::SCOPE.to_string()])]
+        scopes: Vec<String>,
+        /// Register an RS256 app with this PEM public key instead of an HS256 secret.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+    /// Disable an app: its tokens are refused from then on.
+    Disable { client_id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RequestsCommand {
+    /// List recent requests.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QueueCommand {
+    /// Depth and consumers of every queue.
+    Stats,
+}
+
+#[derive(Args, Debug)]
+pub struct ClientArgs {
+    /// Base URL of the intake (default: http://$ERASURE_HTTP_ADDR).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The JWT (or set ERASURE_TOKEN).
+    #[arg(long, env = "ERASURE_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// A user id, email, enterprise id or channel user id (repeatable); `channel:CHANNEL:ID`
+    /// names a user on one channel.
+    #[arg(long = "user", required = true)]
+    pub users: Vec<String>,
+    /// A bot id (repeatable).
+    #[arg(long = "bot")]
+    pub bots: Vec<String>,
+    /// Erase from every bot of the app's account.
+    #[arg(long)]
+    pub all_bots: bool,
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    telemetry::init_logs(config.log_format);
+    match cli.command {
+        Command::Serve { role } => serve(config, role).await,
+        Command::Migrate => {
+            store::connect_and_migrate(&config.database_url, 2, config.statement_timeout).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Config => {
+            for (var, value) in config.describe() {
+                let help = SETTINGS
+                    .iter()
+                    .find(|s| s.var == var)
+                    .map(|s| s.help)
+                    .unwrap_or("");
+                println!("{var}={value}\t# {help}");
+            }
+            Ok(())
+        }
+        Command::App { command } => app(&config, command).await,
+        Command::Token {
+            client_id,
+            secret,
+            ttl,
+        } => {
+            println!("{}", auth::mint_hs256(&client_id, &secret, Some(ttl))?);
+            Ok(())
+        }
+        Command::Seed {
+            users,
+            bots,
+            rows,
+            account,
+            tag,
+        } => {
+            let pool =
+                store::connect_and_migrate(&config.database_url, 4, config.statement_timeout)
+                    .await?;
+            let spec = seed::SeedSpec {
+                account: account.clone(),
+                prefix: tag,
+                users,
+                bots,
+                rows,
+                progress: true,
+            };
+            let created = seed::seed(&pool, &spec).await?;
+            println!(
+                "seeded account {account}: users {}..{}, bots {}..{}, {created} rows",
+                spec.user_id(1),
+                spec.user_id(users),
+                spec.bot_id(1),
+                spec.bot_id(bots)
+            );
+            Ok(())
+        }
+        Command::Submit(args) => submit(&config, args).await,
+        Command::Status {
+            request_id,
+            client,
+            watch,
+        } => status(&config, &request_id, &client, watch).await,
+        Command::Redrive { limit } => {
+            let pool =
+                store::connect_and_migrate(&config.database_url, 2, config.statement_timeout)
+                    .await?;
+            let topology = Topology::new(&config.queue_prefix, config.max_deliveries);
+            let n = redrive::redrive(&pool, &config.amqp_url, &topology, limit).await?;
+            println!("redrove {n} message(s) from {}", topology.dead_queue());
+            Ok(())
+        }
+        Command::Requests {
+            command: RequestsCommand::List { status, limit },
+        } => {
+            let pool =
+                store::connect_and_migrate(&config.database_url, 2, config.statement_timeout)
+                    .await?;
+            for r in requests::list(&pool, status.as_deref(), limit).await? {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            Ok(())
+        }
+        Command::Queue {
+            command: QueueCommand::Stats,
+        } => {
+            let topology = Topology::new(&config.queue_prefix, config.max_deliveries);
+            println!("{:<40} {:>10} {:>10}", "queue", "messages", "consumers");
+            for (q, messages, consumers) in redrive::stats(&config.amqp_url, &topology).await? {
+                println!("{q:<40} {messages:>10} {consumers:>10}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
+    let running = startup::start(config, role).await?;
+    let cancel = running.cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested: finishing in-flight work");
+        cancel.cancel();
+    });
+    running.wait().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn app(config: &Config, command: AppCommand) -> anyhow::Result<()> {
+    let pool =
+        store::connect_and_migrate(&config.database_url, 2, config.statement_timeout).await?;
+    match command {
+        AppCommand::Create {
+            account,
+            scopes,
+            public_key,
+        } => {
+            if !apps::account_exists(&pool, &account).await? {
+                bail!("account {account} does not exist");
+            }
+            let client_id = format!("cs-{}", uuid::Uuid::new_v4());
+            match public_key {
+                Some(path) => {
+                    let pem = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes())
+                        .context("not an RSA public key in PEM form")?;
+                    apps::insert(
+                        &pool,
+                        &client_id,
+                        &account,
+                        &scopes,
+                        "RS256",
+                        None,
+                        Some(&pem),
+                    )
+                    .await?;
+                    println!(
+                        "{}",
+                        serde_json::json!({"clientId": client_id, "algorithm": "RS256"})
+                    );
+                }
+                None => {
+                    let secret = secrets::new_client_secret();
+                    let sealed = secrets::seal(&config.secret_key.bytes, secret.as_bytes());
+                    apps::insert(
+                        &pool,
+                        &client_id,
+                        &account,
+                        &scopes,
+                        "HS256",
+                        Some(&sealed),
+                        None,
+                    )
+                    .await?;
+                    println!(
+                        "{}",
+                        serde_json::json!({"clientId": client_id, "clientSecret": secret})
+                    );
+                }
+            }
+            Ok(())
+        }
+        AppCommand::Disable { client_id } => {
+            let n =
+                sqlx::query("UPDATE platform.api_apps SET enabled = false WHERE client_id = $1")
+                    .bind(&client_id)
+                    .execute(&pool)
+                    .await?
+                    .rows_affected();
+            if n == 0 {
+                bail!("no app {client_id}");
+            }
+            println!("disabled {client_id}");
+            Ok(())
+        }
+    }
+}
+
+fn base_url(config: &Config, client: &ClientArgs) -> String {
+    client
+        .url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.http_addr))
+        .trim_end_matches('/')
+        .to_string()
+}
+
+async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
+    let users: Vec<serde_json::Value> = args
+        .users
+        .iter()
+        .map(
+            |u| match u.strip_prefix("channel:").and_then(|r| r.split_once(':')) {
+                Some((channel, id)) => {
+                    serde_json::json!({"channelId": channel, "channelUserId": id})
+                }
+                None => serde_json::Value::String(u.clone()),
+            },
+        )
+        .collect();
+    let body = serde_json::json!({"userIds": users, "botIds": args.bots, "RemoveDataFromAllBots": args.all_bots});
+    let mut req = reqwest::Client::new()
+        .delete(format!(
+            "{}{}",
+            base_url(config, &args.client),
+            crate::intake::ERASE_PATH
+        ))
+        .header("auth", &args.client.token)
+        .json(&body);
+    if let Some(k) = &args.idempotency_key {
+        req = req.header("Idempotency-Key", k);
+    }
+    let resp = req.send().await.context("calling the intake")?;
+    let code = resp.status();
+    let text = resp.text().await?;
+    println!("{text}");
+    if !code.is_success() {
+        bail!("the intake answered {code}");
+    }
+    Ok(())
+}
+
+async fn status(
+    config: &Config,
+    request_id: &str,
+    client: &ClientArgs,
+    watch: bool,
+) -> anyhow::Result<()> {
+    RequestId::parse(request_id).context("a request id starts with eud-")?;
+    let url = format!(
+        "{}/api/public/bot/eraseUsersData/status/{request_id}",
+        base_url(config, client)
+    );
+    let http = reqwest::Client::new();
+    let fetch = || async {
+        let resp = http
+            .get(&url)
+            .header("auth", &client.token)
+            .send()
+            .await
+            .context("calling the intake")?;
+        let code = resp.status();
+        let text = resp.text().await?;
+        if !code.is_success() {
+            bail!("the intake answered {code}: {text}");
+        }
+        Ok::<_, anyhow::Error>(serde_json::from_str::<StatusDocument>(&text)?)
+    };
+    let mut doc = fetch().await?;
+    if watch {
+        let bar = ProgressBar::new(doc.progress.tasks_total.max(1) as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:40}] {pos}/{len} tasks ({elapsed})",
+            )?
+            .progress_chars("=> "),
+        );
+        while doc.status == "in-progress" {
+            bar.set_length(doc.progress.tasks_total.max(1) as u64);
+            bar.set_position(doc.progress.tasks_done as u64);
+            let rows = &doc.progress.rows_deleted;
+            bar.set_message(format!(
+                "{} rows deleted",
+                rows.conversations + rows.sessions + rows.analytics
+            ));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            doc = fetch().await?;
+        }
+        bar.finish_and_clear();
+    }
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
+}

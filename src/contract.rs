@@ -1,0 +1,795 @@
+//! Wire types shared by every side of the service: the HTTP request and answers, the queue
+//! messages, and their validation. Parsing happens here, once; past this module, identifiers
+//! are trusted values.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The routing key of erase requests on the `erasure` exchange (contract).
+pub const ERASE_ROUTING_KEY: &str = "erase.request";
+/// The routing key of per-(request, bot) task messages (internal).
+pub const TASK_ROUTING_KEY: &str = "erase.task";
+/// The routing key of dead letters (internal).
+pub const DEAD_ROUTING_KEY: &str = "erase.dead";
+/// Version of the erase message this service understands.
+pub const MESSAGE_VERSION: u64 = 1;
+
+/// Limits applied to every erase request, from configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_user_ids: usize,
+    pub max_bot_ids: usize,
+    pub max_id_bytes: usize,
+}
+
+impl Limits {
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        Self {
+            max_user_ids: c.max_user_ids,
+            max_bot_ids: c.max_bot_ids,
+            max_id_bytes: c.max_id_bytes,
+        }
+    }
+}
+
+/// A request id: `eud-` followed by a producer-chosen token.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(transparent)]
+#[sqlx(transparent)]
+pub struct RequestId(String);
+
+impl RequestId {
+    pub fn generate() -> Self {
+        Self(format!("eud-{}", uuid::Uuid::new_v4()))
+    }
+    /// Accepts `eud-` plus 1 to 124 characters of letters, digits, `-`, `_`, `.` or `:`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let rest = s.strip_prefix("eud-")?;
+        let ok = !rest.is_empty()
+            && s.len() <= 128
+            && rest
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+        ok.then(|| Self(s.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One `userIds` entry as the caller gave it. Never logged.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum UserEntry {
+    /// A platform user id, an email, an enterprise id or a bare channel user id.
+    Id(String),
+    /// A user's id on one channel.
+    Channel {
+        channel_id: String,
+        channel_user_id: String,
+    },
+}
+
+impl UserEntry {
+    /// The identifier as stored in `user_ref` and shown back in the status document: the
+    /// string itself, or the channel pair's canonical JSON text.
+    pub fn user_ref(&self) -> String {
+        match self {
+            Self::Id(s) => s.clone(),
+            Self::Channel { .. } => self.to_json().to_string(),
+        }
+    }
+    pub fn to_json(&self) -> Value {
+        match self {
+            Self::Id(s) => Value::String(s.clone()),
+            Self::Channel {
+                channel_id,
+                channel_user_id,
+            } => {
+                serde_json::json!({"channelId": channel_id, "channelUserId": channel_user_id})
+            }
+        }
+    }
+}
+
+/// A validated erase request (HTTP body or the user-facing part of a queue message).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EraseRequest {
+    pub user_ids: Vec<UserEntry>,
+    pub bot_ids: Vec<String>,
+    pub remove_data_from_all_bots: bool,
+}
+
+/// One problem with the input, as returned in `{"errors": [...]}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub field: Option<String>,
+}
+
+impl FieldError {
+    pub fn new(code: &str, message: impl Into<String>, field: Option<String>) -> Self {
+        Self {
+            code: code.to_string(),
+            message: message.into(),
+            field,
+        }
+    }
+}
+
+/// The error body of every 4xx/5xx answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub errors: Vec<FieldError>,
+}
+
+/// `202 Accepted` answer of the erase endpoint.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Accepted {
+    pub request_id: String,
+    pub status: String,
+}
+
+/// Parses and validates an HTTP erase body. Unknown fields are ignored, for compatibility with
+/// clients of the platform's API that send more than this service reads; every field it does
+/// read is checked strictly.
+pub fn parse_erase_body(body: &[u8], limits: &Limits) -> Result<EraseRequest, Vec<FieldError>> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        vec![FieldError::new(
+            "invalid_json",
+            format!("body is not valid JSON: {}", json_error_text(&e)),
+            None,
+        )]
+    })?;
+    let Value::Object(obj) = value else {
+        return Err(vec![FieldError::new(
+            "invalid_type",
+            "body must be a JSON object",
+            None,
+        )]);
+    };
+    let mut errors = Vec::new();
+    let remove_all = read_bool(
+        &obj,
+        &["RemoveDataFromAllBots", "removeDataFromAllBots"],
+        &mut errors,
+    )
+    .unwrap_or_default();
+    let user_ids = read_user_ids(obj.get("userIds"), limits, &mut errors);
+    let bot_ids = read_bot_ids(obj.get("botIds"), remove_all, limits, &mut errors);
+    if errors.is_empty() {
+        Ok(EraseRequest {
+            user_ids,
+            bot_ids,
+            remove_data_from_all_bots: remove_all,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+fn json_error_text(e: &serde_json::Error) -> String {
+    // serde_json's messages quote no input, only positions and expectations.
+    format!("{} at line {} column {}", classify(e), e.line(), e.column())
+}
+
+fn classify(e: &serde_json::Error) -> &'static str {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Eof => "unexpected end of input",
+        Category::Syntax => "syntax error",
+        Category::Data => "invalid data",
+        Category::Io => "read error",
+    }
+}
+
+fn read_bool(
+    obj: &Map<String, Value>,
+    names: &[&str],
+    errors: &mut Vec<FieldError>,
+) -> Option<bool> {
+    for name in names {
+        match obj.get(*name) {
+            None | Some(Value::Null) => continue,
+            Some(Value::Bool(b)) => return Some(*b),
+            Some(_) => {
+                errors.push(FieldError::new(
+                    "invalid_type",
+                    "must be true or false",
+                    Some(name.to_string()),
+                ));
+                return None;
+            }
+        }
+    }
+    None
+}
+
+fn check_id(s: &str, field: String, limits: &Limits, errors: &mut Vec<FieldError>) -> bool {
+    if s.trim().is_empty() {
+        errors.push(FieldError::new(
+            "blank_id",
+            "must not be empty or blank",
+            Some(field),
+        ));
+        false
+    } else if s.len() > limits.max_id_bytes {
+        errors.push(FieldError::new(
+            "id_too_long",
+            format!("must be at most {} bytes", limits.max_id_bytes),
+            Some(field),
+        ));
+        false
+    } else if s.chars().any(char::is_control) {
+        errors.push(FieldError::new(
+            "invalid_characters",
+            "must not contain control characters or NUL",
+            Some(field),
+        ));
+        false
+    } else {
+        true
+    }
+}
+
+fn read_user_ids(
+    v: Option<&Value>,
+    limits: &Limits,
+    errors: &mut Vec<FieldError>,
+) -> Vec<UserEntry> {
+    let field = "userIds";
+    let items = match v {
+        None | Some(Value::Null) => {
+            errors.push(FieldError::new(
+                "missing_field",
+                "userIds is required",
+                Some(field.into()),
+            ));
+            return Vec::new();
+        }
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            errors.push(FieldError::new(
+                "invalid_type",
+                "must be an array",
+                Some(field.into()),
+            ));
+            return Vec::new();
+        }
+    };
+    if items.is_empty() {
+        errors.push(FieldError::new(
+            "empty_list",
+            "must name at least one user",
+            Some(field.into()),
+        ));
+        return Vec::new();
+    }
+    if items.len() > limits.max_user_ids {
+        errors.push(FieldError::new(
+            "too_many",
+            format!("must have at most {} entries", limits.max_user_ids),
+            Some(field.into()),
+        ));
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(items.len());
+    let mut seen = HashSet::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("userIds[{i}]");
+        let entry = match item {
+            Value::String(s) => {
+                check_id(s, path.clone(), limits, errors).then(|| UserEntry::Id(s.clone()))
+            }
+            Value::Object(o) => read_channel_entry(o, &path, limits, errors),
+            _ => {
+                errors.push(FieldError::new(
+                    "invalid_type",
+                    "must be a string or an object with channelId and channelUserId",
+                    Some(path.clone()),
+                ));
+                None
+            }
+        };
+        if let Some(entry) = entry {
+            if !seen.insert(entry.clone()) {
+                errors.push(FieldError::new(
+                    "duplicate",
+                    "repeats an earlier entry",
+                    Some(path),
+                ));
+            } else {
+                out.push(entry);
+            }
+        }
+    }
+    out
+}
+
+fn read_channel_entry(
+    o: &Map<String, Value>,
+    path: &str,
+    limits: &Limits,
+    errors: &mut Vec<FieldError>,
+) -> Option<UserEntry> {
+    let mut part = |names: [&str; 2]| -> Option<String> {
+        let found = names.iter().find_map(|n| o.get(*n).map(|v| (n, v)));
+        match found {
+            None | Some((_, Value::Null)) => {
+                errors.push(FieldError::new(
+                    "missing_field",
+                    format!("{} is required", names[0]),
+                    Some(format!("{path}.{}", names[0])),
+                ));
+                None
+            }
+            Some((n, Value::String(s))) => {
+                check_id(s, format!("{path}.{n}"), limits, errors).then(|| s.clone())
+            }
+            Some((n, _)) => {
+                errors.push(FieldError::new(
+                    "invalid_type",
+                    "must be a string",
+                    Some(format!("{path}.{n}")),
+                ));
+                None
+            }
+        }
+    };
+    let channel_id = part(["channelId", "channel_id"]);
+    let channel_user_id = part(["channelUserId", "channel_user_id"]);
+    Some(UserEntry::Channel {
+        channel_id: channel_id?,
+        channel_user_id: channel_user_id?,
+    })
+}
+
+fn read_bot_ids(
+    v: Option<&Value>,
+    remove_all: bool,
+    limits: &Limits,
+    errors: &mut Vec<FieldError>,
+) -> Vec<String> {
+    let field = "botIds";
+    let items = match v {
+        None | Some(Value::Null) => &Vec::new(),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            errors.push(FieldError::new(
+                "invalid_type",
+                "must be an array of bot ids",
+                Some(field.into()),
+            ));
+            return Vec::new();
+        }
+    };
+    if remove_all {
+        // botIds is ignored when erasing from every bot, but a malformed list is still refused.
+        if items.len() > limits.max_bot_ids {
+            errors.push(FieldError::new(
+                "too_many",
+                format!("must have at most {} entries", limits.max_bot_ids),
+                Some(field.into()),
+            ));
+        }
+        return Vec::new();
+    }
+    if items.is_empty() {
+        errors.push(FieldError::new(
+            "empty_list",
+            "must name at least one bot unless RemoveDataFromAllBots is true",
+            Some(field.into()),
+        ));
+        return Vec::new();
+    }
+    if items.len() > limits.max_bot_ids {
+        errors.push(FieldError::new(
+            "too_many",
+            format!("must have at most {} entries", limits.max_bot_ids),
+            Some(field.into()),
+        ));
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(items.len());
+    let mut seen = HashSet::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("botIds[{i}]");
+        match item {
+            Value::String(s) => {
+                if check_id(s, path.clone(), limits, errors) {
+                    if seen.insert(s.as_str()) {
+                        out.push(s.clone());
+                    } else {
+                        errors.push(FieldError::new(
+                            "duplicate",
+                            format!("repeats bot {s}"),
+                            Some(path),
+                        ));
+                    }
+                }
+            }
+            _ => errors.push(FieldError::new(
+                "invalid_type",
+                "must be a string",
+                Some(path),
+            )),
+        }
+    }
+    out
+}
+
+/// The erase message on the queue (contract, version 1).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EraseMessage {
+    pub request_id: RequestId,
+    pub account_id: String,
+    pub request: EraseRequest,
+    pub requested_by: String,
+    pub requested_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Why a queue message was refused; `request_id` is set when the message named a usable one.
+#[derive(Debug)]
+pub struct MessageError {
+    pub request_id: Option<RequestId>,
+    pub reason: String,
+}
+
+impl EraseMessage {
+    pub fn to_json(&self) -> Vec<u8> {
+        let v = serde_json::json!({
+            "version": MESSAGE_VERSION,
+            "requestId": self.request_id,
+            "accountId": self.account_id,
+            "userIds": self.request.user_ids.iter().map(UserEntry::to_json).collect::<Vec<_>>(),
+            "botIds": self.request.bot_ids,
+            "removeDataFromAllBots": self.request.remove_data_from_all_bots,
+            "requestedBy": self.requested_by,
+            "requestedAt": self.requested_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        });
+        serde_json::to_vec(&v).expect("a JSON value serializes")
+    }
+
+    /// Parses a queue message. Reasons name fields and rules, never the identifiers.
+    pub fn parse(data: &[u8], max_bytes: usize, limits: &Limits) -> Result<Self, MessageError> {
+        let fail =
+            |request_id: Option<RequestId>, reason: String| MessageError { request_id, reason };
+        if data.len() > max_bytes {
+            return Err(fail(
+                None,
+                format!(
+                    "message is {} bytes, more than the {max_bytes} allowed",
+                    data.len()
+                ),
+            ));
+        }
+        let value: Value = serde_json::from_slice(data).map_err(|e| {
+            fail(
+                None,
+                format!("message is not valid JSON: {}", json_error_text(&e)),
+            )
+        })?;
+        let Value::Object(obj) = value else {
+            return Err(fail(None, "message is not a JSON object".into()));
+        };
+        let request_id = match obj.get("requestId") {
+            Some(Value::String(s)) => RequestId::parse(s),
+            _ => None,
+        };
+        let Some(request_id) = request_id else {
+            return Err(fail(None, "requestId is missing or does not start with eud- (letters, digits, -_.: only, at most 128 characters)".into()));
+        };
+        let rid = Some(request_id.clone());
+        match obj.get("version") {
+            Some(Value::Number(n)) if n.as_u64() == Some(MESSAGE_VERSION) => {}
+            Some(Value::Number(n)) => {
+                return Err(fail(rid, format!("unknown message version {n}")));
+            }
+            _ => return Err(fail(rid, "version is missing or not a number".into())),
+        }
+        let text = |name: &str| -> Result<String, MessageError> {
+            match obj.get(name) {
+                Some(Value::String(s))
+                    if !s.trim().is_empty()
+                        && s.len() <= limits.max_id_bytes
+                        && !s.chars().any(char::is_control) =>
+                {
+                    Ok(s.clone())
+                }
+                _ => Err(fail(
+                    rid.clone(),
+                    format!("{name} is missing, blank, too long or not a string"),
+                )),
+            }
+        };
+        let account_id = text("accountId")?;
+        let requested_by = text("requestedBy")?;
+        let requested_at = match obj.get("requestedAt") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(
+                chrono::DateTime::parse_from_rfc3339(s)
+                    .map_err(|_| fail(rid.clone(), "requestedAt is not an RFC 3339 time".into()))?
+                    .with_timezone(&chrono::Utc),
+            ),
+            Some(_) => return Err(fail(rid, "requestedAt is not a string".into())),
+        };
+        let mut errors = Vec::new();
+        let remove_all = read_bool(
+            &obj,
+            &["removeDataFromAllBots", "RemoveDataFromAllBots"],
+            &mut errors,
+        )
+        .unwrap_or(false);
+        let user_ids = read_user_ids(obj.get("userIds"), limits, &mut errors);
+        let bot_ids = read_bot_ids(obj.get("botIds"), remove_all, limits, &mut errors);
+        if let Some(first) = errors.first() {
+            let field = first.field.as_deref().unwrap_or("message");
+            return Err(fail(
+                rid,
+                format!("{field}: {} ({})", first.message, first.code),
+            ));
+        }
+        Ok(Self {
+            request_id,
+            account_id,
+            request: EraseRequest {
+                user_ids,
+                bot_ids,
+                remove_data_from_all_bots: remove_all,
+            },
+            requested_by,
+            requested_at,
+        })
+    }
+}
+
+/// A per-(request, bot) task message. It carries no personal data: the users to erase are
+/// read from the request's record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskMessage {
+    pub version: u32,
+    pub request_id: RequestId,
+    pub bot_id: String,
+    /// Which slice of the task this delivery works; continuations carry the next number.
+    pub slice: i32,
+}
+
+impl TaskMessage {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a task message serializes")
+    }
+}
+
+/// Per-user outcome in the status document.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UserOutcome {
+    #[serde(rename = "userId")]
+    pub user_id: Value,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct RowsDeleted {
+    pub conversations: i64,
+    pub sessions: i64,
+    pub analytics: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    pub tasks_total: i32,
+    pub tasks_done: i32,
+    pub rows_deleted: RowsDeleted,
+}
+
+/// The status document (contract).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StatusDocument {
+    #[serde(rename = "_id")]
+    pub id: String,
+    #[serde(rename = "requestId")]
+    pub request_id: String,
+    pub status: String,
+    #[serde(rename = "createdOn")]
+    pub created_on: String,
+    #[serde(rename = "lastUpdatedOn")]
+    pub last_updated_on: String,
+    #[serde(rename = "completedOn")]
+    pub completed_on: Option<String>,
+    #[serde(rename = "RemoveDataFromAllBots")]
+    pub remove_data_from_all_bots: bool,
+    pub response: Vec<UserOutcome>,
+    pub progress: Progress,
+    /// Why the request failed, when it did (addition to the platform's document).
+    #[serde(
+        rename = "failureReason",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub failure_reason: Option<String>,
+}
+
+/// Formats a time as the platform does: `2026-11-28T10:00:00.000Z`.
+pub fn format_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_user_ids: 3,
+        max_bot_ids: 2,
+        max_id_bytes: 16,
+    };
+
+    fn codes(body: &str) -> Vec<String> {
+        parse_erase_body(body.as_bytes(), &LIMITS)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.code)
+            .collect()
+    }
+
+    #[test]
+    fn a_full_body_parses() {
+        let r = parse_erase_body(
+            br#"{"userIds":["u-1",{"channel_id":"tg","channel_user_id":"5"}],"botIds":["st-1"],"extra":1}"#,
+            &LIMITS,
+        )
+        .unwrap();
+        assert_eq!(
+            r.user_ids[1],
+            UserEntry::Channel {
+                channel_id: "tg".into(),
+                channel_user_id: "5".into()
+            }
+        );
+        assert_eq!(r.bot_ids, vec!["st-1"]);
+        assert!(!r.remove_data_from_all_bots);
+    }
+
+    #[test]
+    fn remove_from_all_bots_needs_no_bot_ids() {
+        let r = parse_erase_body(
+            br#"{"userIds":["u-1"],"removeDataFromAllBots":true}"#,
+            &LIMITS,
+        )
+        .unwrap();
+        assert!(r.remove_data_from_all_bots);
+        assert!(r.bot_ids.is_empty());
+    }
+
+    #[test]
+    fn bad_bodies_get_specific_codes() {
+        assert_eq!(codes("{"), ["invalid_json"]);
+        assert_eq!(codes("[]"), ["invalid_type"]);
+        assert_eq!(codes(r#"{"botIds":["st-1"]}"#), ["missing_field"]);
+        assert_eq!(codes(r#"{"userIds":[],"botIds":["st-1"]}"#), ["empty_list"]);
+        assert_eq!(
+            codes(r#"{"userIds":["a","b","c","d"],"botIds":["st-1"]}"#),
+            ["too_many"]
+        );
+        assert_eq!(
+            codes(r#"{"userIds":["  "],"botIds":["st-1"]}"#),
+            ["blank_id"]
+        );
+        assert_eq!(
+            codes(r#"{"userIds":["aaaaaaaaaaaaaaaaa"],"botIds":["st-1"]}"#),
+            ["id_too_long"]
+        );
+        assert_eq!(
+            codes(r#"{"userIds":["a\u0000b"],"botIds":["st-1"]}"#),
+            ["invalid_characters"]
+        );
+        assert_eq!(
+            codes(r#"{"userIds":["a","a"],"botIds":["st-1"]}"#),
+            ["duplicate"]
+        );
+        assert_eq!(
+            codes(r#"{"userIds":["a"],"botIds":["st-1","st-1"]}"#),
+            ["duplicate"]
+        );
+        assert_eq!(codes(r#"{"userIds":["a"]}"#), ["empty_list"]);
+        assert_eq!(
+            codes(r#"{"userIds":["a"],"botIds":"st-1"}"#),
+            ["invalid_type"]
+        );
+        assert_eq!(
+            codes(r#"{"userIds":[7],"botIds":["st-1"]}"#),
+            ["invalid_type"]
+        );
+        assert_eq!(
+            codes(r#"{"userIds":[{"channelId":"tg"}],"botIds":["st-1"]}"#),
+            ["missing_field"]
+        );
+        assert_eq!(
+            codes(r#"{"userIds":["a"],"botIds":["b"],"RemoveDataFromAllBots":"yes"}"#),
+            ["invalid_type"]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e =
+            parse_erase_body(br#"{"userIds":["ok",""],"botIds":["st-1"]}"#, &LIMITS).unwrap_err();
+        assert_eq!(e[0].field.as_deref(), Some("userIds[1]"));
+    }
+
+    #[test]
+    fn request_ids_must_start_with_eud() {
+        assert!(RequestId::parse("eud-123").is_some());
+        assert!(RequestId::parse("abc-123").is_none());
+        assert!(RequestId::parse("eud-").is_none());
+        assert!(RequestId::parse("eud-a b").is_none());
+        assert!(RequestId::generate().as_str().starts_with("eud-"));
+    }
+
+    #[test]
+    fn a_message_round_trips() {
+        let m = EraseMessage {
+            request_id: RequestId::parse("eud-1").unwrap(),
+            account_id: "acct-1".into(),
+            request: EraseRequest {
+                user_ids: vec![
+                    UserEntry::Id("u-1".into()),
+                    UserEntry::Channel {
+                        channel_id: "tg".into(),
+                        channel_user_id: "5".into(),
+                    },
+                ],
+                bot_ids: vec!["st-1".into()],
+                remove_data_from_all_bots: false,
+            },
+            requested_by: "app".into(),
+            requested_at: None,
+        };
+        assert_eq!(
+            EraseMessage::parse(&m.to_json(), 1 << 20, &LIMITS).unwrap(),
+            m
+        );
+    }
+
+    #[test]
+    fn bad_messages_are_refused_with_a_reason() {
+        let reason = |s: &str| EraseMessage::parse(s.as_bytes(), 1 << 20, &LIMITS).unwrap_err();
+        assert!(reason("nope").reason.contains("not valid JSON"));
+        let e = reason(r#"{"version":2,"requestId":"eud-9"}"#);
+        assert!(e.reason.contains("unknown message version"));
+        assert_eq!(e.request_id.unwrap().as_str(), "eud-9");
+        assert!(
+            reason(r#"{"version":1,"requestId":"x-1"}"#)
+                .request_id
+                .is_none()
+        );
+        let e = reason(
+            r#"{"version":1,"requestId":"eud-9","accountId":"a","requestedBy":"b","userIds":["secret@example.com","secret@example.com"],"botIds":["st-1"]}"#,
+        );
+        assert!(e.reason.contains("duplicate"));
+        assert!(
+            !e.reason.contains("secret"),
+            "reasons never carry identifiers"
+        );
+        assert!(
+            EraseMessage::parse(&[b' '; 64], 10, &LIMITS)
+                .unwrap_err()
+                .reason
+                .contains("bytes")
+        );
+    }
+}

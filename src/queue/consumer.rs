@@ -1,0 +1,185 @@
+//! The consumer loop: connect, declare, consume with bounded prefetch and concurrency, and
+//! start over with backoff when the connection is lost. Deliveries in flight when a connection
+//! dies are redelivered by the broker; handlers are idempotent, so that costs only time.
+
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::anyhow;
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties,
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    },
+    types::FieldTable,
+};
+use tokio::sync::Semaphore;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::Topology;
+
+/// What the consumer does with a delivery once its handler returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Settled: the database reflects it (done, continued, retried later or dead-lettered).
+    Ack,
+    /// Not settled and nothing to record: put it back on the queue.
+    Requeue,
+}
+
+/// A message handler. `stop` fires at shutdown: long work hands itself back instead of
+/// finishing.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        data: Vec<u8>,
+        props: BasicProperties,
+        stop: CancellationToken,
+    ) -> impl Future<Output = Outcome> + Send;
+}
+
+pub struct ConsumerSpec {
+    pub url: String,
+    pub queue: String,
+    pub name: &'static str,
+    pub prefetch: u16,
+    pub concurrency: usize,
+    pub grace: Duration,
+    pub topology: Topology,
+    /// True while the consumer is attached to its queue (readiness, metrics).
+    pub up: Arc<AtomicBool>,
+}
+
+/// Runs until `cancel` fires, then stops consuming, lets in-flight work finish within the
+/// grace period, and returns.
+pub async fn run<H: Handler>(spec: ConsumerSpec, handler: Arc<H>, cancel: CancellationToken) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        match session(&spec, &handler, &cancel).await {
+            Ok(()) => return,
+            Err(e) => {
+                spec.up.store(false, Ordering::SeqCst);
+                metrics::gauge!("erasure_consumer_up", "queue" => spec.name).set(0.0);
+                metrics::counter!("erasure_consumer_reconnects_total", "queue" => spec.name)
+                    .increment(1);
+                tracing::warn!(queue = %spec.queue, error = %e, retry_in_ms = delay.as_millis() as u64, "consumer lost its connection");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(with_jitter(delay)) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+fn with_jitter(d: Duration) -> Duration {
+    use rand::Rng;
+    d.mul_f64(rand::rng().random_range(0.5..1.5))
+}
+
+async fn session<H: Handler>(
+    spec: &ConsumerSpec,
+    handler: &Arc<H>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let conn = super::connect(&spec.url, spec.name).await?;
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(spec.prefetch, BasicQosOptions::default())
+        .await?;
+    spec.topology.declare(&ch).await?;
+    let tag = format!("erasure-{}-{}", spec.name, uuid::Uuid::new_v4());
+    let mut consumer = ch
+        .basic_consume(
+            spec.queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    spec.up.store(true, Ordering::SeqCst);
+    metrics::gauge!("erasure_consumer_up", "queue" => spec.name).set(1.0);
+    tracing::info!(queue = %spec.queue, "consuming");
+
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(spec.concurrency));
+    let stop = cancel.child_token();
+    let result = loop {
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => break Ok(()),
+            p = permits.clone().acquire_owned() => p.expect("semaphore never closes"),
+        };
+        let next = tokio::select! {
+            _ = cancel.cancelled() => break Ok(()),
+            n = consumer.next() => n,
+        };
+        let delivery = match next {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => break Err(anyhow!(e)),
+            None => break Err(anyhow!("the broker cancelled the consumer")),
+        };
+        let handler = handler.clone();
+        let stop = stop.clone();
+        let name = spec.name;
+        tracker.spawn(async move {
+            let lapin::message::Delivery {
+                data,
+                properties,
+                acker,
+                ..
+            } = delivery;
+            let outcome = handler.handle(data, properties, stop).await;
+            let settled = match outcome {
+                Outcome::Ack => acker.ack(BasicAckOptions::default()).await,
+                Outcome::Requeue => {
+                    acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await
+                }
+            };
+            if let Err(e) = settled {
+                // The channel is gone; the broker redelivers, and the handler is idempotent.
+                tracing::warn!(queue = name, error = %e, "could not settle a delivery");
+            }
+            drop(permit);
+        });
+    };
+    spec.up.store(false, Ordering::SeqCst);
+    metrics::gauge!("erasure_consumer_up", "queue" => spec.name).set(0.0);
+    if result.is_ok() {
+        // Shutdown: no new deliveries, then give in-flight work the grace period.
+        let _ = ch
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+        tracker.close();
+        if tokio::time::timeout(spec.grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            stop.cancel();
+            tracing::warn!(queue = %spec.queue, "grace period over: handing in-flight work back");
+            let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+        }
+    } else {
+        stop.cancel();
+        tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    }
+    // Unsettled deliveries return to the queue when the channel closes.
+    let _ = ch.close(200, "bye".into()).await;
+    let _ = conn.close(200, "bye".into()).await;
+    result
+}

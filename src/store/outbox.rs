@@ -1,0 +1,75 @@
+//! The transactional outbox: a message is inserted in the same transaction as the state change
+//! that needs it, and deleted once the broker has confirmed it.
+
+use sqlx::{PgPool, Postgres, Transaction};
+
+#[derive(sqlx::FromRow, Debug, Clone)]
+pub struct OutboxMessage {
+    pub id: i64,
+    pub routing_key: String,
+    pub message_id: String,
+    pub payload: Vec<u8>,
+}
+
+pub async fn insert(
+    tx: &mut Transaction<'_, Postgres>,
+    routing_key: &str,
+    message_id: &str,
+    payload: &[u8],
+) -> Result<OutboxMessage, sqlx::Error> {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO erasure.outbox (routing_key, message_id, payload) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(routing_key)
+    .bind(message_id)
+    .bind(payload)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(OutboxMessage {
+        id,
+        routing_key: routing_key.into(),
+        message_id: message_id.into(),
+        payload: payload.to_vec(),
+    })
+}
+
+pub async fn delete(pool: &PgPool, ids: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM erasure.outbox WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Claims messages older than `min_age_ms` (younger ones are still being published by the
+/// code that wrote them), locked so that concurrent relays skip each other's.
+pub async fn claim_stale(
+    tx: &mut Transaction<'_, Postgres>,
+    min_age_ms: i64,
+    limit: i64,
+) -> Result<Vec<OutboxMessage>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, routing_key, message_id, payload FROM erasure.outbox
+          WHERE created_at < now() - make_interval(secs => $1::double precision / 1000)
+          ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(min_age_ms)
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+pub async fn delete_in(tx: &mut Transaction<'_, Postgres>, ids: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM erasure.outbox WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Messages waiting to be published (a metric and an alert: it should stay near zero).
+pub async fn backlog(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM erasure.outbox")
+        .fetch_one(pool)
+        .await
+}

@@ -1,0 +1,455 @@
+//! Requests and their users: recording, planning, settling, and the status document.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
+
+use crate::contract::{
+    self, EraseRequest, Progress, RequestId, RowsDeleted, StatusDocument, UserEntry, UserOutcome,
+};
+
+/// Where a request came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Http,
+    Queue,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Queue => "queue",
+        }
+    }
+}
+
+/// A request about to be recorded.
+pub struct NewRequest<'a> {
+    pub request_id: &'a RequestId,
+    pub account_id: &'a str,
+    pub requested_by: &'a str,
+    pub source: Source,
+    pub client_addr: Option<String>,
+    pub request: &'a EraseRequest,
+    pub idempotency_key: Option<&'a str>,
+    pub body_digest: Option<String>,
+    pub requested_at: Option<DateTime<Utc>>,
+}
+
+/// Inserts the request and its users; `false` when a request with this id already exists.
+pub async fn insert(
+    tx: &mut Transaction<'_, Postgres>,
+    r: &NewRequest<'_>,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO erasure.requests
+             (request_id, account_id, requested_by, source, client_addr, remove_data_from_all_bots,
+              bot_ids, users_total, idempotency_key, body_digest, requested_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind(r.request_id)
+    .bind(r.account_id)
+    .bind(r.requested_by)
+    .bind(r.source.as_str())
+    .bind(&r.client_addr)
+    .bind(r.request.remove_data_from_all_bots)
+    .bind(&r.request.bot_ids)
+    .bind(r.request.user_ids.len() as i32)
+    .bind(r.idempotency_key)
+    .bind(&r.body_digest)
+    .bind(r.requested_at)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if inserted {
+        insert_users(tx, r.request_id, &r.request.user_ids).await?;
+    }
+    Ok(inserted)
+}
+
+async fn insert_users(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &RequestId,
+    users: &[UserEntry],
+) -> Result<(), sqlx::Error> {
+    let refs: Vec<String> = users.iter().map(UserEntry::user_ref).collect();
+    let kinds: Vec<&str> = users
+        .iter()
+        .map(|u| match u {
+            UserEntry::Id(_) => "id",
+            UserEntry::Channel { .. } => "channel",
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO erasure.request_users (request_id, position, user_ref, kind)
+         SELECT $1, t.ord - 1, t.ref, t.kind
+           FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS t(ref, kind, ord)",
+    )
+    .bind(id)
+    .bind(&refs)
+    .bind(&kinds)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The first answer to an `Idempotency-Key`: its request id and the digest of its body.
+pub async fn find_by_idempotency_key(
+    pool: &PgPool,
+    requested_by: &str,
+    key: &str,
+) -> Result<Option<(RequestId, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT request_id, body_digest FROM erasure.requests
+          WHERE requested_by = $1 AND idempotency_key = $2",
+    )
+    .bind(requested_by)
+    .bind(key)
+    .fetch_optional(pool)
+    .await
+}
+
+/// What the planner needs of a request, read under its row lock.
+#[derive(sqlx::FromRow, Debug)]
+pub struct PlanRow {
+    pub account_id: String,
+    pub planned: bool,
+    pub status: String,
+    pub remove_data_from_all_bots: bool,
+    pub bot_ids: Vec<String>,
+}
+
+pub async fn lock_for_planning(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &RequestId,
+) -> Result<Option<PlanRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT account_id, planned, status, remove_data_from_all_bots, bot_ids
+           FROM erasure.requests WHERE request_id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// One `userIds` entry with the platform users it resolves to.
+#[derive(sqlx::FromRow, Debug)]
+pub struct ResolvedEntry {
+    pub position: i32,
+    pub user_ids: Vec<String>,
+}
+
+/// Maps every entry of the request to platform user ids: a string matches a user id, an
+/// email (case-insensitively), an enterprise id or a channel user id on any channel; a channel
+/// pair matches that channel's identity.
+pub async fn resolve_users(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &RequestId,
+) -> Result<Vec<ResolvedEntry>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH e AS (
+            SELECT position, kind, user_ref,
+                   CASE WHEN kind = 'channel' THEN (user_ref::jsonb) ->> 'channelId' END AS channel_id,
+                   CASE WHEN kind = 'channel' THEN (user_ref::jsonb) ->> 'channelUserId' END AS channel_user_id
+              FROM erasure.request_users WHERE request_id = $1)
+         SELECT e.position,
+                COALESCE(array_agg(DISTINCT m.user_id ORDER BY m.user_id)
+                         FILTER (WHERE m.user_id IS NOT NULL), '{}') AS user_ids
+           FROM e
+           LEFT JOIN LATERAL (
+                SELECT u.id AS user_id FROM platform.users u WHERE e.kind = 'id' AND u.id = e.user_ref
+                UNION SELECT u.id FROM platform.users u WHERE e.kind = 'id' AND lower(u.email) = lower(e.user_ref)
+                UNION SELECT u.id FROM platform.users u WHERE e.kind = 'id' AND u.enterprise_id = e.user_ref
+                UNION SELECT c.user_id FROM platform.channel_identities c
+                       WHERE e.kind = 'id' AND c.channel_user_id = e.user_ref
+                UNION SELECT c.user_id FROM platform.channel_identities c
+                       WHERE e.kind = 'channel' AND c.channel_id = e.channel_id
+                         AND c.channel_user_id = e.channel_user_id
+           ) m ON true
+          GROUP BY e.position
+          ORDER BY e.position",
+    )
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Why each protected user must not be erased, the strongest reason first.
+pub async fn protected_users(
+    tx: &mut Transaction<'_, Postgres>,
+    user_ids: &[String],
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT DISTINCT ON (user_id) user_id, reason FROM (
+             SELECT user_id, CASE role WHEN 'owner' THEN 'account_owner' ELSE 'account_member' END AS reason,
+                    CASE role WHEN 'owner' THEN 1 ELSE 2 END AS rank
+               FROM platform.account_members WHERE user_id = ANY($1)
+             UNION ALL
+             SELECT user_id, CASE role WHEN 'owner' THEN 'bot_owner' ELSE 'bot_co_developer' END,
+                    CASE role WHEN 'owner' THEN 3 ELSE 4 END
+               FROM platform.bot_collaborators WHERE user_id = ANY($1)
+         ) p ORDER BY user_id, rank",
+    )
+    .bind(user_ids)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Records one entry's outcome of planning.
+pub async fn set_user_outcome(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &RequestId,
+    position: i32,
+    status: &str,
+    reason: Option<&str>,
+    resolved: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE erasure.request_users SET status = $3, reason = $4, resolved_user_ids = $5
+          WHERE request_id = $1 AND position = $2",
+    )
+    .bind(id)
+    .bind(position)
+    .bind(status)
+    .bind(reason)
+    .bind(resolved)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Marks the request planned with its users to erase and its number of tasks.
+pub async fn mark_planned(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &RequestId,
+    erase_user_ids: &[String],
+    tasks_total: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE erasure.requests
+            SET planned = true, erase_user_ids = $2, tasks_total = $3, updated_at = now()
+          WHERE request_id = $1",
+    )
+    .bind(id)
+    .bind(erase_user_ids)
+    .bind(tasks_total)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Counts a finished task; settles the request when it was the last one. Returns the
+/// request's final status when this call settled it.
+pub async fn count_task_done(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &RequestId,
+) -> Result<Option<String>, sqlx::Error> {
+    let (done, total): (i32, i32) = sqlx::query_as(
+        "UPDATE erasure.requests SET tasks_done = tasks_done + 1, updated_at = now()
+          WHERE request_id = $1 RETURNING tasks_done, tasks_total",
+    )
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await?;
+    if done >= total {
+        settle(tx, id).await.map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// Settles a request whose every task is done: users still in progress succeeded; the request
+/// is `rejected` when every user was rejected, `completed` otherwise.
+pub async fn settle(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &RequestId,
+) -> Result<String, sqlx::Error> {
+    sqlx::query(
+        "UPDATE erasure.request_users SET status = 'SUCCESS', reason = NULL
+          WHERE request_id = $1 AND status IN ('IN_PROGRESS', 'FAILED')",
+    )
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query_scalar(
+        "UPDATE erasure.requests r
+            SET status = CASE WHEN NOT EXISTS (SELECT 1 FROM erasure.request_users u
+                                                WHERE u.request_id = r.request_id AND u.status <> 'REJECTED')
+                              THEN 'rejected' ELSE 'completed' END,
+                failure_reason = NULL, completed_at = now(), updated_at = now()
+          WHERE request_id = $1 RETURNING status",
+    )
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await
+}
+
+/// Marks the request failed with a non-PII reason; users still in progress fail with it.
+pub async fn mark_failed(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &RequestId,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE erasure.requests SET status = 'failed', failure_reason = $2, completed_at = now(), updated_at = now()
+          WHERE request_id = $1 AND status IN ('in-progress', 'failed')",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE erasure.request_users SET status = 'FAILED', reason = $2
+          WHERE request_id = $1 AND status IN ('IN_PROGRESS', 'FAILED')",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Puts a failed request back in progress for a redrive: it resumes where it stopped.
+pub async fn reopen(tx: &mut Transaction<'_, Postgres>, id: &RequestId) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE erasure.requests SET status = 'in-progress', failure_reason = NULL, completed_at = NULL, updated_at = now()
+          WHERE request_id = $1 AND status = 'failed'",
+    )
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE erasure.request_users SET status = 'IN_PROGRESS', reason = NULL
+          WHERE request_id = $1 AND status = 'FAILED'",
+    )
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE erasure.tasks SET status = 'pending', failure_reason = NULL, updated_at = now()
+          WHERE request_id = $1 AND status = 'failed'",
+    )
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct StatusRow {
+    request_id: String,
+    status: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    completed_at: Option<DateTime<Utc>>,
+    remove_data_from_all_bots: bool,
+    tasks_total: i32,
+    tasks_done: i32,
+    failure_reason: Option<String>,
+    conversations: i64,
+    sessions: i64,
+    analytics: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    user_ref: String,
+    kind: String,
+    status: String,
+    reason: Option<String>,
+}
+
+/// The status document of a request, if it belongs to `account_id` (or to any account when
+/// `account_id` is `None`, for operators).
+pub async fn status_document(
+    pool: &PgPool,
+    id: &RequestId,
+    account_id: Option<&str>,
+) -> Result<Option<StatusDocument>, sqlx::Error> {
+    let row: Option<StatusRow> = sqlx::query_as(
+        "SELECT r.request_id, r.status, r.created_at, r.updated_at, r.completed_at,
+                r.remove_data_from_all_bots, r.tasks_total, r.tasks_done, r.failure_reason,
+                COALESCE(sum(t.rows_conversations), 0)::bigint AS conversations,
+                COALESCE(sum(t.rows_sessions), 0)::bigint AS sessions,
+                COALESCE(sum(t.rows_analytics), 0)::bigint AS analytics
+           FROM erasure.requests r LEFT JOIN erasure.tasks t USING (request_id)
+          WHERE r.request_id = $1 AND ($2::text IS NULL OR r.account_id = $2)
+          GROUP BY r.request_id",
+    )
+    .bind(id)
+    .bind(account_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let users: Vec<UserRow> = sqlx::query_as(
+        "SELECT user_ref, kind, status, reason FROM erasure.request_users
+          WHERE request_id = $1 ORDER BY position",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let response = users
+        .into_iter()
+        .map(|u| UserOutcome {
+            user_id: if u.kind == "channel" {
+                serde_json::from_str(&u.user_ref).unwrap_or(serde_json::Value::String(u.user_ref))
+            } else {
+                serde_json::Value::String(u.user_ref)
+            },
+            status: u.status,
+            reason: u.reason,
+        })
+        .collect();
+    Ok(Some(StatusDocument {
+        id: r.request_id.clone(),
+        request_id: r.request_id,
+        status: r.status,
+        created_on: contract::format_time(r.created_at),
+        last_updated_on: contract::format_time(r.updated_at),
+        completed_on: r.completed_at.map(contract::format_time),
+        remove_data_from_all_bots: r.remove_data_from_all_bots,
+        response,
+        progress: Progress {
+            tasks_total: r.tasks_total,
+            tasks_done: r.tasks_done,
+            rows_deleted: RowsDeleted {
+                conversations: r.conversations,
+                sessions: r.sessions,
+                analytics: r.analytics,
+            },
+        },
+        failure_reason: r.failure_reason,
+    }))
+}
+
+/// A line of `erasure requests list`.
+#[derive(sqlx::FromRow, Debug, serde::Serialize)]
+pub struct Summary {
+    pub request_id: String,
+    pub account_id: String,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub tasks_total: i32,
+    pub tasks_done: i32,
+    pub rows_deleted: i64,
+    pub failure_reason: Option<String>,
+}
+
+pub async fn list(
+    pool: &PgPool,
+    status: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Summary>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT request_id, account_id, status, created_at, tasks_total, tasks_done, rows_deleted, failure_reason
+           FROM erasure.request_status
+          WHERE $1::text IS NULL OR status = $1
+          ORDER BY created_at DESC LIMIT $2",
+    )
+    .bind(status)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

@@ -1,0 +1,124 @@
+//! Logs (tracing; JSON with `ERASURE_LOG_FORMAT=json`) and the Prometheus recorder.
+//! Personal identifiers are never logged: spans carry request and bot ids only.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber once; later calls are no-ops. Logs go to stderr.
+pub fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("ERASURE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn"));
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match format {
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+        LogFormat::Text => registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+    };
+}
+
+/// The process-wide Prometheus handle (installed on first use).
+pub fn metrics() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .expect("non-empty buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "erasure_intake_requests_total",
+        "Erase calls at the intake by outcome (accepted, replayed, refused) and refusal reason"
+    );
+    describe_histogram!(
+        "erasure_intake_seconds",
+        Unit::Seconds,
+        "Time to answer an erase call"
+    );
+    describe_counter!(
+        "erasure_requests_finished_total",
+        "Requests settled, by final status"
+    );
+    describe_counter!(
+        "erasure_tasks_planned_total",
+        "Per-bot tasks created by planning"
+    );
+    describe_counter!(
+        "erasure_tasks_started_total",
+        "Tasks whose first slice began"
+    );
+    describe_counter!(
+        "erasure_tasks_completed_total",
+        "Tasks drained and counted done"
+    );
+    describe_counter!(
+        "erasure_tasks_retried_total",
+        "Task deliveries requeued after a transient error"
+    );
+    describe_counter!(
+        "erasure_dead_lettered_total",
+        "Messages moved to the dead-letter queue, by kind"
+    );
+    describe_counter!(
+        "erasure_poison_messages_total",
+        "Messages that could not be parsed"
+    );
+    describe_counter!(
+        "erasure_rows_deleted_total",
+        "Platform rows deleted, by store"
+    );
+    describe_histogram!(
+        "erasure_delete_batch_seconds",
+        Unit::Seconds,
+        "Duration of one batch delete statement, by store"
+    );
+    describe_histogram!(
+        "erasure_task_slice_seconds",
+        Unit::Seconds,
+        "Duration of one task delivery (a slice)"
+    );
+    describe_gauge!(
+        "erasure_outbox_backlog",
+        "Messages committed but not yet confirmed by the broker"
+    );
+    describe_counter!(
+        "erasure_outbox_relayed_total",
+        "Messages published by the outbox relay (not by the fast path)"
+    );
+    describe_gauge!(
+        "erasure_consumer_up",
+        "1 while the consumer of a queue is attached"
+    );
+    describe_counter!(
+        "erasure_consumer_reconnects_total",
+        "Consumer reconnections after a lost connection"
+    );
+    describe_counter!(
+        "erasure_db_retries_total",
+        "Database operations retried after a transient error"
+    );
+}

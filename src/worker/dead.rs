@@ -1,0 +1,124 @@
+//! Dead-lettering: record the failure and its reason in the database first (the operator's
+//! truth), then move the message to `erasure.dead` with the reason in its headers.
+
+use lapin::types::{AMQPValue, FieldTable};
+
+use super::Ctx;
+use crate::{
+    contract::{DEAD_ROUTING_KEY, RequestId},
+    queue::consumer::Outcome,
+    retry,
+    store::{self, dead_letters, requests, tasks},
+};
+
+/// What failed.
+pub enum Subject<'a> {
+    /// An erase request message (possibly unparseable, possibly without a usable id).
+    Request {
+        request_id: Option<&'a RequestId>,
+        account_id: Option<&'a str>,
+    },
+    /// One task of a request.
+    Task {
+        request_id: &'a RequestId,
+        bot_id: &'a str,
+    },
+}
+
+/// Dead-letters a message for `reason` (short, non-PII). Returns `Requeue` when the failure
+/// could not be recorded (the database is unreachable): the message comes back later rather
+/// than sit in the dead-letter queue unseen.
+pub async fn dead_letter(
+    ctx: &Ctx,
+    routing_key: &str,
+    subject: Subject<'_>,
+    reason: &str,
+    payload: &[u8],
+) -> Outcome {
+    let request_id = match &subject {
+        Subject::Request { request_id, .. } => request_id.map(|r| r.as_str().to_string()),
+        Subject::Task { request_id, .. } => Some(request_id.as_str().to_string()),
+    };
+    let recorded = retry::db("record_dead_letter", || async {
+        let mut tx = ctx.pool.begin().await?;
+        dead_letters::record(&mut tx, request_id.as_deref(), routing_key, reason, payload).await?;
+        match &subject {
+            Subject::Request {
+                request_id: Some(id),
+                account_id,
+            } => {
+                insert_failed_request(&mut tx, id, account_id.unwrap_or(""), reason).await?;
+                requests::mark_failed(&mut tx, id, reason).await?;
+            }
+            Subject::Request {
+                request_id: None, ..
+            } => {}
+            Subject::Task { request_id, bot_id } => {
+                tasks::mark_failed(&mut tx, request_id, bot_id, reason).await?;
+                requests::mark_failed(&mut tx, request_id, reason).await?;
+            }
+        }
+        tx.commit().await
+    })
+    .await;
+    if let Err(e) = recorded {
+        tracing::error!(error = %store::describe(&e), "could not record a dead letter; requeueing it");
+        return Outcome::Requeue;
+    }
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-erasure-reason".into(),
+        AMQPValue::LongString(reason.into()),
+    );
+    headers.insert(
+        "x-erasure-routing-key".into(),
+        AMQPValue::LongString(routing_key.into()),
+    );
+    if let Some(id) = &request_id {
+        headers.insert(
+            "x-erasure-request-id".into(),
+            AMQPValue::LongString(id.as_str().into()),
+        );
+    }
+    let message_id = request_id.clone().unwrap_or_else(|| "unidentified".into());
+    if let Err(e) = ctx
+        .publisher
+        .publish(DEAD_ROUTING_KEY, &message_id, payload, headers)
+        .await
+    {
+        tracing::error!(error = %e, "could not publish a dead letter; requeueing it");
+        return Outcome::Requeue;
+    }
+    let kind = if routing_key == crate::contract::TASK_ROUTING_KEY {
+        "task"
+    } else {
+        "request"
+    };
+    metrics::counter!("erasure_dead_lettered_total", "kind" => kind).increment(1);
+    tracing::warn!(
+        request_id = request_id.as_deref().unwrap_or("-"),
+        reason,
+        "dead-lettered"
+    );
+    Outcome::Ack
+}
+
+/// A producer's message that names a request id unknown here still leaves a visible record.
+async fn insert_failed_request(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: &RequestId,
+    account_id: &str,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO erasure.requests (request_id, account_id, requested_by, source, status, failure_reason, completed_at)
+         VALUES ($1, $2, '', 'queue', 'failed', $3, now())
+         ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(account_id)
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
