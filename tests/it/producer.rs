@@ -1,0 +1,98 @@
+//! A platform service that publishes the erase message to the queue itself gets the same
+//! result as an HTTP caller.
+
+use std::time::Duration;
+
+use erasure::{contract::ERASE_ROUTING_KEY, startup::Role};
+use serde_json::json;
+
+use crate::helpers::{TestEnv, publish_raw};
+
+#[tokio::test]
+async fn a_message_published_straight_to_the_queue_is_recorded_and_erased() {
+    let env = TestEnv::new().await;
+    let bots = env.account("acct-a", 2).await;
+    env.user("u-1", Some("one@example.com"), None).await;
+    env.user("u-2", None, None).await;
+    env.channel_identity("telegram", "5550001", "u-2").await;
+    for u in ["u-1", "u-2"] {
+        for b in &bots {
+            env.rows(u, b, 5).await;
+        }
+    }
+    let before = env.checksum_outside(&["u-1", "u-2"], &[&bots[0]]).await;
+    let svc = env.start(Role::Worker).await;
+    let message = json!({
+        "version": 1, "requestId": "eud-producer-1", "accountId": "acct-a",
+        "userIds": ["one@example.com", {"channelId": "telegram", "channelUserId": "5550001"}],
+        "botIds": [bots[0]], "removeDataFromAllBots": false,
+        "requestedBy": "cs-platform-service", "requestedAt": "2026-11-28T10:00:00Z"
+    });
+    publish_raw(&env, ERASE_ROUTING_KEY, message.to_string().as_bytes()).await;
+    assert_eq!(
+        env.wait_settled("eud-producer-1", Duration::from_secs(30))
+            .await,
+        "completed"
+    );
+    assert_eq!(env.count_rows("u-1", &bots[0]).await, 0);
+    assert_eq!(env.count_rows("u-2", &bots[0]).await, 0);
+    assert_eq!(
+        env.count_rows("u-1", &bots[1]).await,
+        15,
+        "untargeted bot kept"
+    );
+    assert_eq!(
+        env.checksum_outside(&["u-1", "u-2"], &[&bots[0]]).await,
+        before
+    );
+    let (source, requested_by): (String, String) = sqlx::query_as(
+        "SELECT source, requested_by FROM erasure.requests WHERE request_id = 'eud-producer-1'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (source.as_str(), requested_by.as_str()),
+        ("queue", "cs-platform-service")
+    );
+    let outcomes = env.user_outcomes("eud-producer-1").await;
+    assert_eq!(
+        outcomes[1].0,
+        r#"{"channelId":"telegram","channelUserId":"5550001"}"#
+    );
+    assert!(outcomes.iter().all(|(_, s, _)| s == "SUCCESS"));
+    svc.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_producer_naming_another_accounts_bot_is_failed_and_nothing_is_erased() {
+    let env = TestEnv::new().await;
+    env.account("acct-a", 1).await;
+    let theirs = env.account("acct-b", 1).await;
+    env.user("u-1", None, None).await;
+    env.rows("u-1", &theirs[0], 5).await;
+    let svc = env.start(Role::Worker).await;
+    let message = json!({
+        "version": 1, "requestId": "eud-producer-2", "accountId": "acct-a",
+        "userIds": ["u-1"], "botIds": [theirs[0]], "requestedBy": "cs-platform-service"
+    });
+    publish_raw(&env, ERASE_ROUTING_KEY, message.to_string().as_bytes()).await;
+    assert_eq!(
+        env.wait_settled("eud-producer-2", Duration::from_secs(30))
+            .await,
+        "failed"
+    );
+    assert_eq!(env.count_rows("u-1", &theirs[0]).await, 15);
+    let reason: Option<String> = sqlx::query_scalar(
+        "SELECT failure_reason FROM erasure.requests WHERE request_id = 'eud-producer-2'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(
+        reason
+            .unwrap()
+            .contains("not a bot of the request's account")
+    );
+    svc.shutdown().await;
+}
