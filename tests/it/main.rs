@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod cli;
 mod erase_flow;
 mod intake;
 mod producer;

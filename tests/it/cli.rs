@@ -1,0 +1,126 @@
+//! The command line (DESIGN.md section 5), driven as an operator would: the real binary with
+//! the test's environment.
+
+use std::process::Output;
+
+use tokio::process::Command;
+
+use erasure::startup::Role;
+use serde_json::Value;
+
+use crate::helpers::TestEnv;
+
+/// Runs the binary without blocking the runtime (the service under test shares it).
+async fn erasure(env: &TestEnv, args: &[&str], extra: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_erasure"));
+    cmd.args(args).envs(&env.vars).env("ERASURE_LOG", "warn");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.output().await.expect("the binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn the_walkthrough_works_from_the_command_line() {
+    let env = TestEnv::new().await;
+    let seeded = stdout(
+        &erasure(
+            &env,
+            &["seed", "--users", "20", "--bots", "2", "--rows", "600"],
+            &[],
+        )
+        .await,
+    );
+    assert!(seeded.contains("u-demo-1..u-demo-20"), "{seeded}");
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM platform.conversations) + (SELECT count(*) FROM platform.sessions)
+              + (SELECT count(*) FROM platform.analytics_events)",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, 600);
+
+    let created = stdout(&erasure(&env, &["app", "create", "--account", "acct-demo"], &[]).await);
+    assert_eq!(created.lines().count(), 1, "one JSON line: {created}");
+    let app: Value = serde_json::from_str(created.trim()).unwrap();
+    let (client_id, secret) = (
+        app["clientId"].as_str().unwrap(),
+        app["clientSecret"].as_str().unwrap(),
+    );
+    let stored: Vec<u8> =
+        sqlx::query_scalar("SELECT secret_sealed FROM platform.api_apps WHERE client_id = $1")
+            .bind(client_id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert!(
+        !stored.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the secret is not stored in clear"
+    );
+
+    let token = stdout(
+        &erasure(
+            &env,
+            &["token", "--client-id", client_id, "--secret", secret],
+            &[],
+        )
+        .await,
+    );
+    let token = token.trim();
+    assert_eq!(token.split('.').count(), 3);
+
+    let svc = env.start(Role::All).await;
+    let url = format!("http://{}", svc.http_addr);
+    let submitted = stdout(
+        &erasure(
+            &env,
+            &[
+                "submit",
+                "--url",
+                &url,
+                "--user",
+                "u-demo-7",
+                "--user",
+                "channel:telegram:tg-demo-8",
+                "--bot",
+                "st-demo-1",
+            ],
+            &[("ERASURE_TOKEN", token)],
+        )
+        .await,
+    );
+    let answer: Value = serde_json::from_str(submitted.trim()).unwrap();
+    let id = answer["requestId"].as_str().unwrap();
+    let watched = stdout(
+        &erasure(
+            &env,
+            &["status", id, "--url", &url, "--watch"],
+            &[("ERASURE_TOKEN", token)],
+        )
+        .await,
+    );
+    let doc: Value = serde_json::from_str(&watched).unwrap();
+    assert_eq!(doc["status"], "completed");
+    assert_eq!(env.count_rows("u-demo-7", "st-demo-1").await, 0);
+    assert_eq!(env.count_rows("u-demo-8", "st-demo-1").await, 0);
+    svc.shutdown().await;
+}
+
+#[tokio::test]
+async fn app_create_refuses_an_unknown_account() {
+    let env = TestEnv::new().await;
+    let out = erasure(&env, &["app", "create", "--account", "acct-missing"], &[]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("acct-missing does not exist"));
+}
