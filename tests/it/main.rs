@@ -4,3 +4,6 @@
 mod helpers;
 
 mod erase_flow;
+mod faults;
+mod process;
+mod proxy;
