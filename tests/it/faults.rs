@@ -363,27 +363,27 @@ async fn an_intake_that_dies_between_commit_and_publish_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_delivered_twice_to_two_workers_is_counted_once() {
-    let s = Scenario::new(
-        &[
-            ("ERASURE_BATCH_SIZE", "25"),
-            ("ERASURE_BATCHES_PER_SLICE", "4"),
-            ("ERASURE_MAX_ROWS_PER_SECOND", "400"),
-        ],
-        150,
-    )
-    .await;
+    // Slices of 300 rows at 300 rows/s: the first slices are still running when their
+    // copies arrive. Worker A holds no more than its two tasks, so the copies go to B.
+    let vars = [
+        ("ERASURE_PREFETCH", "2"),
+        ("ERASURE_WORKER_CONCURRENCY", "2"),
+        ("ERASURE_BATCH_SIZE", "25"),
+        ("ERASURE_BATCHES_PER_SLICE", "12"),
+        ("ERASURE_MAX_ROWS_PER_SECOND", "300"),
+        ("ERASURE_LOG", "info,erasure=debug"),
+    ];
+    let s = Scenario::new(&vars, 150).await;
     let id = format!("eud-{}", uuid::Uuid::new_v4());
     let message = s.message(&id, &s.target_bots());
     publish_raw(&s.env, ERASE_ROUTING_KEY, &message).await;
     publish_raw(&s.env, ERASE_ROUTING_KEY, &message).await;
-    let log = [("ERASURE_LOG", "info,erasure=debug")];
-    let a = Process::spawn(&s.env, "worker", &log).await;
-    let b = Process::spawn(&s.env, "worker", &log).await;
-    s.wait_planned(&id).await;
-    // Copies of the first slices of both tasks, while the originals are being worked: the
-    // two workers run the same task at once.
+    let a = Process::spawn(&s.env, "worker", &[]).await;
+    s.wait_progress(&id, 1).await;
+    let b = Process::spawn(&s.env, "worker", &[]).await;
+    publish_raw(&s.env, ERASE_ROUTING_KEY, &message).await;
     for bot in s.target_bots() {
-        for slice in [0, 0, 1] {
+        for slice in [0, 1] {
             let task = json!({"version": 1, "requestId": id, "botId": bot, "slice": slice});
             publish_raw(&s.env, TASK_ROUTING_KEY, task.to_string().as_bytes()).await;
         }
@@ -394,15 +394,24 @@ async fn every_message_delivered_twice_to_two_workers_is_counted_once() {
         .fetch_one(&s.env.pool)
         .await
         .unwrap();
-    assert_eq!(requests, 1, "the duplicate request planned nothing more");
-    let worked = |p: &Process| p.logged("task slice finished");
-    assert!(
-        worked(&a) > 0 && worked(&b) > 0,
-        "both workers ran slices of the request's tasks"
-    );
+    assert_eq!(requests, 1, "the duplicate requests planned nothing more");
     assert!(
         drain_dead(&s.env).await.is_empty(),
         "no duplicate was dead-lettered"
+    );
+    // The same task ran on both workers at once: A was deleting before B existed, and B's
+    // copy of slice 0 still found rows of that task to delete.
+    let slice0 = |p: &Process| -> Vec<String> {
+        p.events("slice worked")
+            .into_iter()
+            .filter(|e| e["span"]["slice"] == 0 && e["fields"]["rows"].as_u64() > Some(0))
+            .map(|e| e["span"]["bot_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (on_a, on_b) = (slice0(&a), slice0(&b));
+    assert!(
+        on_b.iter().any(|bot| on_a.contains(bot)),
+        "a task's first slice deleted rows on both workers: {on_a:?} {on_b:?}"
     );
 }
 
@@ -552,10 +561,11 @@ async fn a_permanently_failing_task_fails_without_pii_and_completes_after_redriv
 async fn sigterm_mid_erasure_exits_cleanly_and_a_restart_finishes_the_work() {
     let s = Scenario::new(SLOW, 500).await;
     let intake = s.env.start(Role::Intake).await;
-    let worker = Process::spawn(&s.env, "worker", SLOW).await;
     let id = s.submit(&Api::new(&intake)).await;
 
-    s.wait_progress(&id, s.total() / 4).await;
+    // First with short slices, which finish within the grace period.
+    let worker = Process::spawn(&s.env, "worker", SLOW).await;
+    s.wait_progress(&id, s.total() / 5).await;
     let log = worker.log.clone();
     let status = worker.terminate(Duration::from_secs(20)).await;
     let text = std::fs::read_to_string(&log).unwrap();
@@ -565,6 +575,30 @@ async fn sigterm_mid_erasure_exits_cleanly_and_a_restart_finishes_the_work() {
         "it shut down in order:\n{text}"
     );
     s.assert_mid_work(&id).await;
+
+    // Then with slices far longer than the grace period: they are handed back.
+    let long = [("ERASURE_BATCHES_PER_SLICE", "100000")];
+    let worker = Process::spawn(&s.env, "worker", &long).await;
+    s.wait_progress(&id, s.total() / 2).await;
+    let log = worker.log.clone();
+    let status = worker.terminate(Duration::from_secs(20)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "exit status {status}:\n{text}");
+    assert!(
+        text.contains("grace period over: handing in-flight work back"),
+        "{text}"
+    );
+    s.assert_mid_work(&id).await;
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM erasure.outbox")
+        .fetch_one(&s.env.pool)
+        .await
+        .unwrap();
+    let queued = s.env.queue_depth(&s.env.topology().tasks_queue()).await;
+    assert_eq!(
+        queued as i64 + outbox,
+        2,
+        "each unfinished task left a continuation behind"
+    );
 
     let _worker = Process::spawn(&s.env, "worker", SLOW).await;
     s.assert_erased(&id).await;

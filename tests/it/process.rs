@@ -52,7 +52,24 @@ impl Process {
             http: "0.0.0.0:0".parse().unwrap(),
         };
         p.http = p.wait_started().await;
+        if role != "intake" {
+            p.wait_consuming().await;
+        }
         p
+    }
+
+    /// Both consumers (requests, tasks) attached: messages published now reach this process.
+    async fn wait_consuming(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.logged("consuming") < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} is not consuming:\n{}",
+                self.role,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn wait_started(&mut self) -> SocketAddr {
@@ -88,13 +105,17 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Log lines (JSON) whose message is `message`.
-    pub fn logged(&self, message: &str) -> usize {
+    /// Log events (JSON lines) whose message is `message`.
+    pub fn events(&self, message: &str) -> Vec<serde_json::Value> {
         self.log_text()
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|v| v["fields"]["message"] == message)
-            .count()
+            .collect()
+    }
+
+    pub fn logged(&self, message: &str) -> usize {
+        self.events(message).len()
     }
 
     pub fn pid(&self) -> u32 {
