@@ -94,8 +94,9 @@ impl Handler for RequestHandler {
                     dead_letter(ctx, ERASE_ROUTING_KEY, subject, &reason, &data).await
                 }
                 Err(e) if store::is_transient(&e) => {
-                    tracing::warn!(error = %store::describe(&e), "planning failed; requeueing");
-                    Outcome::Requeue
+                    tracing::warn!(error = %store::describe(&e), "planning failed; retrying later");
+                    ctx.retry_later(ERASE_ROUTING_KEY, &Ctx::message_id(&props), &data)
+                        .await
                 }
                 Err(e) => {
                     let reason = store::describe(&e);

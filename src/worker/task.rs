@@ -91,8 +91,9 @@ impl Handler for TaskHandler {
                 }
                 Err(TaskError::Db(e)) if store::is_transient(&e) => {
                     metrics::counter!("erasure_tasks_retried_total").increment(1);
-                    tracing::warn!(error = %store::describe(&e), "task interrupted; requeueing");
-                    Outcome::Requeue
+                    tracing::warn!(error = %store::describe(&e), "task interrupted; retrying later");
+                    ctx.retry_later(TASK_ROUTING_KEY, &Ctx::message_id(&props), &data)
+                        .await
                 }
                 Err(TaskError::Db(e)) => {
                     dead_letter(

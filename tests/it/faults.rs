@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use erasure::{
     contract::{ERASE_ROUTING_KEY, TASK_ROUTING_KEY},
-    queue::{header_str, redrive},
+    queue::{consumer::Outcome, header_str, publisher::Publisher, redrive},
     startup::Role,
+    worker::Ctx,
 };
-use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use serde_json::json;
 
 use crate::{
@@ -222,6 +223,25 @@ async fn declare_topology(env: &TestEnv) {
     let ch = conn.create_channel().await.unwrap();
     env.topology().declare(&ch).await.unwrap();
     let _ = conn.close(200, "bye".into()).await;
+}
+
+/// The next message on `queue` (a requeued one may take a moment to be available again).
+async fn get_one(ch: &lapin::Channel, queue: &str) -> lapin::message::BasicGetMessage {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(m) = ch
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            return m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{queue} stays empty"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Takes every message off the test's dead-letter queue: (reason header, request id header).
@@ -603,4 +623,62 @@ async fn sigterm_mid_erasure_exits_cleanly_and_a_restart_finishes_the_work() {
     let _worker = Process::spawn(&s.env, "worker", SLOW).await;
     s.assert_erased(&id).await;
     intake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_put_back_after_a_transient_failure_does_not_count_a_delivery() {
+    let env = TestEnv::new().await;
+    declare_topology(&env).await;
+    let queue = env.topology().tasks_queue();
+    let payload = br#"{"version":1,"requestId":"eud-transient","botId":"st-1","slice":0}"#;
+    publish_raw(&env, TASK_ROUTING_KEY, payload).await;
+    let conn = erasure::queue::connect(AMQP_URL, "test-get").await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    // Two deliveries handed back with a plain requeue: the broker counts both.
+    for _ in 0..2 {
+        let m = get_one(&ch, &queue).await;
+        m.delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let m = get_one(&ch, &queue).await;
+    assert_eq!(Ctx::delivery_number(&m.delivery.properties), 3);
+
+    // What a handler does when the database stays away past the retry budget.
+    let publisher = Publisher::new(AMQP_URL, "test-retry", env.topology());
+    let ctx = Ctx::new(
+        env.pool.clone(),
+        env.config(),
+        std::sync::Arc::new(publisher),
+    );
+    let outcome = ctx
+        .retry_later(TASK_ROUTING_KEY, "eud-transient/st-1/0", payload)
+        .await;
+    assert_eq!(outcome, Outcome::Ack);
+    m.delivery
+        .acker
+        .ack(BasicAckOptions::default())
+        .await
+        .unwrap();
+
+    let again = get_one(&ch, &queue).await;
+    assert_eq!(again.delivery.data, payload);
+    assert_eq!(
+        Ctx::delivery_number(&again.delivery.properties),
+        1,
+        "the wait did not count towards x-delivery-limit"
+    );
+    again
+        .delivery
+        .acker
+        .ack(BasicAckOptions::default())
+        .await
+        .unwrap();
+    ctx.publisher.close().await;
+    let _ = conn.close(200, "bye".into()).await;
 }
