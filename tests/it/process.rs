@@ -1,6 +1,6 @@
 //! The real `erasure` binary as a child process, so that a test can SIGKILL or SIGTERM it
 //! like an orchestrator would. It gets only the test's settings as its environment (plus
-//! overrides, e.g. URLs through a `Proxy`) and logs JSON to a file kept for post-mortems.
+//! overrides, e.g. URLs through a `Proxy`) and logs JSON to a file, kept when a test fails.
 
 use std::{
     net::SocketAddr,
@@ -128,20 +128,30 @@ impl Process {
         self.child.wait().await.unwrap();
     }
 
-    /// SIGTERM, then waits (at most `limit`) for the process to exit on its own.
-    pub async fn terminate(mut self, limit: Duration) -> ExitStatus {
+    /// SIGTERM, then waits (at most `limit`) for the process to exit on its own; returns its
+    /// exit status and what it logged.
+    pub async fn terminate(mut self, limit: Duration) -> (ExitStatus, String) {
         let sent = std::process::Command::new("kill")
             .args(["-s", "TERM", &self.pid().to_string()])
             .status()
             .expect("kill runs");
         assert!(sent.success());
         match tokio::time::timeout(limit, self.child.wait()).await {
-            Ok(status) => status.unwrap(),
+            Ok(status) => (status.unwrap(), self.log_text()),
             Err(_) => panic!(
                 "{} did not exit within {limit:?} of SIGTERM:\n{}",
                 self.role,
                 self.log_text()
             ),
+        }
+    }
+}
+
+impl Drop for Process {
+    /// The log is kept only when the test fails, for the post-mortem.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
         }
     }
 }
