@@ -113,7 +113,9 @@ async fn session<H: Handler>(
 
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(spec.concurrency));
-    let stop = cancel.child_token();
+    // Not a child of `cancel`: shutdown must give in-flight work the grace period first, and
+    // only then tell it to hand itself back.
+    let stop = CancellationToken::new();
     let result = loop {
         let permit = tokio::select! {
             _ = cancel.cancelled() => break Ok(()),

@@ -25,9 +25,9 @@ pub enum Subject<'a> {
     },
 }
 
-/// Dead-letters a message for `reason` (short, non-PII). Returns `Requeue` when the failure
-/// could not be recorded (the database is unreachable): the message comes back later rather
-/// than sit in the dead-letter queue unseen.
+/// Dead-letters a message for `reason` (short, non-PII). When the failure cannot be recorded
+/// (the database is unreachable) the message is put back for later rather than sit in the
+/// dead-letter queue unseen.
 pub async fn dead_letter(
     ctx: &Ctx,
     routing_key: &str,
@@ -61,9 +61,10 @@ pub async fn dead_letter(
         tx.commit().await
     })
     .await;
+    let message_id = request_id.clone().unwrap_or_else(|| "unidentified".into());
     if let Err(e) = recorded {
-        tracing::error!(error = %store::describe(&e), "could not record a dead letter; requeueing it");
-        return Outcome::Requeue;
+        tracing::error!(error = %store::describe(&e), "could not record a dead letter; retrying later");
+        return ctx.retry_later(routing_key, &message_id, payload).await;
     }
     let mut headers = FieldTable::default();
     headers.insert(
@@ -80,7 +81,6 @@ pub async fn dead_letter(
             AMQPValue::LongString(id.as_str().into()),
         );
     }
-    let message_id = request_id.clone().unwrap_or_else(|| "unidentified".into());
     if let Err(e) = ctx
         .publisher
         .publish(DEAD_ROUTING_KEY, &message_id, payload, headers)

@@ -91,8 +91,9 @@ impl Handler for TaskHandler {
                 }
                 Err(TaskError::Db(e)) if store::is_transient(&e) => {
                     metrics::counter!("erasure_tasks_retried_total").increment(1);
-                    tracing::warn!(error = %store::describe(&e), "task interrupted; requeueing");
-                    Outcome::Requeue
+                    tracing::warn!(error = %store::describe(&e), "task interrupted; retrying later");
+                    ctx.retry_later(TASK_ROUTING_KEY, &Ctx::message_id(&props), &data)
+                        .await
                 }
                 Err(TaskError::Db(e)) => {
                     dead_letter(
@@ -160,6 +161,7 @@ pub async fn run(
     let users = &task.erase_user_ids;
     let limit = ctx.config.batch_size;
     let mut budget = ctx.config.batches_per_slice;
+    let mut deleted = 0;
     let drained = 'work: loop {
         for store in Store::ALL {
             loop {
@@ -177,6 +179,7 @@ pub async fn run(
                 metrics::counter!("erasure_rows_deleted_total", "store" => store.name())
                     .increment(n);
                 ctx.throttle.consumed(n).await;
+                deleted += n;
                 if (n as i64) < limit {
                     break;
                 }
@@ -194,6 +197,8 @@ pub async fn run(
             break true;
         }
     };
+    // Which delivery deleted what: evidence when a task ran in two places at once.
+    tracing::debug!(rows = deleted, drained, "slice worked");
     if drained {
         let settled = retry::db("complete_task", || async {
             let mut tx = ctx.pool.begin().await?;

@@ -5,6 +5,9 @@ mod helpers;
 
 mod cli;
 mod erase_flow;
+mod faults;
 mod intake;
+mod process;
 mod producer;
+mod proxy;
 mod rules;
