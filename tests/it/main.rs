@@ -4,3 +4,6 @@
 mod helpers;
 
 mod erase_flow;
+mod parsers;
+mod privacy;
+mod security;
