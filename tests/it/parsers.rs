@@ -26,6 +26,7 @@ const CODES: &[&str] = &[
     "id_too_long",
     "invalid_characters",
     "duplicate",
+    "conflicting_fields",
 ];
 
 /// Keys the parsers read, mixed with noise, so generated objects often hit real fields.
@@ -179,6 +180,42 @@ fn message_strategy() -> impl Strategy<Value = EraseMessage> {
                 requested_at: at.map(|s| chrono::DateTime::from_timestamp(s, 0).unwrap()),
             },
         )
+}
+
+#[test]
+fn two_spellings_with_different_values_are_refused() {
+    let codes = |body: Value| {
+        parse_erase_body(&serde_json::to_vec(&body).unwrap(), &LIMITS)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| (e.code, e.field.unwrap_or_default()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        codes(json!({"userIds": ["u-1"], "botIds": ["st-1"],
+                     "RemoveDataFromAllBots": false, "removeDataFromAllBots": true})),
+        [(
+            "conflicting_fields".to_string(),
+            "removeDataFromAllBots".to_string()
+        )]
+    );
+    assert_eq!(
+        codes(
+            json!({"userIds": [{"channelId": "tg", "channel_id": "wa", "channelUserId": "5"}],
+                     "botIds": ["st-1"]})
+        ),
+        [(
+            "conflicting_fields".to_string(),
+            "userIds[0].channel_id".to_string()
+        )]
+    );
+    // The same value under both spellings is not a conflict.
+    let r = parse_erase_body(
+        br#"{"userIds":["u-1"],"RemoveDataFromAllBots":true,"removeDataFromAllBots":true}"#,
+        &LIMITS,
+    )
+    .unwrap();
+    assert!(r.remove_data_from_all_bots);
 }
 
 proptest! {

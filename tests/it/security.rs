@@ -571,6 +571,16 @@ async fn duplicates_are_refused_and_unknown_fields_ignored() {
         .await;
     assert_eq!(code, 400, "{b}");
     assert_eq!(b["errors"][0]["field"], "RemoveDataFromAllBots");
+    // Two spellings of one field that disagree are refused, not resolved by preference.
+    let (code, b) = api
+        .erase(
+            &token,
+            &json!({"userIds": ["u-1"], "botIds": [bots[0]],
+                    "RemoveDataFromAllBots": false, "removeDataFromAllBots": true}),
+        )
+        .await;
+    assert_eq!(code, 400, "{b}");
+    assert_eq!(b["errors"][0]["code"], "conflicting_fields");
     assert_eq!(requests_recorded(&env).await, 1);
     svc.shutdown().await;
 }
