@@ -170,6 +170,10 @@ async fn bad_tokens_are_refused_with_401_and_never_echoed() {
         secret,
         &json!({"appId": hs_id, "exp": chrono::Utc::now().timestamp() - 3600}),
     );
+    let not_yet = hs256(
+        secret,
+        &json!({"appId": hs_id, "nbf": later(), "exp": later() + 60}),
+    );
     let unknown_app = hs256(secret, &json!({"appId": "cs-nobody", "exp": later()}));
     let no_app_id = hs256(secret, &json!({"sub": hs_id, "exp": later()}));
     let numeric_app_id = hs256(secret, &json!({"appId": 42, "exp": later()}));
@@ -209,6 +213,11 @@ async fn bad_tokens_are_refused_with_401_and_never_echoed() {
             confused.clone(),
         ),
         ("expired", vec![("auth", text(&expired))], expired.clone()),
+        (
+            "not yet valid",
+            vec![("auth", text(&not_yet))],
+            not_yet.clone(),
+        ),
         (
             "unknown app",
             vec![("auth", text(&unknown_app))],
