@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Api, TestEnv};
 
+/// A key pair made for these tests only (`openssl genrsa 2048`); it protects nothing.
 const PRIVATE_PEM: &str = include_str!("../fixtures/rs256-test-private.pem");
 const PUBLIC_PEM: &str = include_str!("../fixtures/rs256-test-public.pem");
 
