@@ -48,7 +48,8 @@ pub enum Command {
     Token {
         #[arg(long)]
         client_id: String,
-        #[arg(long)]
+        /// The client secret; prefer the environment, as arguments show in process lists.
+        #[arg(long, env = "ERASURE_CLIENT_SECRET", hide_env_values = true)]
         secret: String,
         /// Lifetime in seconds (adds an `exp` claim).
         #[arg(long, default_value_t = 3600)]

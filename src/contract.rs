@@ -193,26 +193,51 @@ fn classify(e: &serde_json::Error) -> &'static str {
     }
 }
 
+/// The value of a field that has several accepted spellings. Two spellings with different
+/// values are refused rather than one silently preferred: another reader of the same body
+/// might prefer the other, and for `RemoveDataFromAllBots` that decides how much is erased.
+fn spelled<'a>(
+    obj: &'a Map<String, Value>,
+    names: &[&'a str],
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) -> Result<Option<(&'a str, &'a Value)>, ()> {
+    let mut found: Option<(&str, &Value)> = None;
+    for name in names {
+        match (obj.get(*name), found) {
+            (None | Some(Value::Null), _) => {}
+            (Some(v), None) => found = Some((name, v)),
+            (Some(v), Some((first, seen))) if v != seen => {
+                errors.push(FieldError::new(
+                    "conflicting_fields",
+                    format!("{first} and {name} are both given, with different values"),
+                    Some(format!("{path}{name}")),
+                ));
+                return Err(());
+            }
+            (Some(_), Some(_)) => {}
+        }
+    }
+    Ok(found)
+}
+
 fn read_bool(
     obj: &Map<String, Value>,
     names: &[&str],
     errors: &mut Vec<FieldError>,
 ) -> Option<bool> {
-    for name in names {
-        match obj.get(*name) {
-            None | Some(Value::Null) => continue,
-            Some(Value::Bool(b)) => return Some(*b),
-            Some(_) => {
-                errors.push(FieldError::new(
-                    "invalid_type",
-                    "must be true or false",
-                    Some(name.to_string()),
-                ));
-                return None;
-            }
+    match spelled(obj, names, "", errors).ok()? {
+        None => None,
+        Some((_, Value::Bool(b))) => Some(*b),
+        Some((name, _)) => {
+            errors.push(FieldError::new(
+                "invalid_type",
+                "must be true or false",
+                Some(name.to_string()),
+            ));
+            None
         }
     }
-    None
 }
 
 fn check_id(s: &str, field: String, limits: &Limits, errors: &mut Vec<FieldError>) -> bool {
@@ -323,9 +348,9 @@ fn read_channel_entry(
     errors: &mut Vec<FieldError>,
 ) -> Option<UserEntry> {
     let mut part = |names: [&str; 2]| -> Option<String> {
-        let found = names.iter().find_map(|n| o.get(*n).map(|v| (n, v)));
+        let found = spelled(o, &names, &format!("{path}."), errors).ok()?;
         match found {
-            None | Some((_, Value::Null)) => {
+            None => {
                 errors.push(FieldError::new(
                     "missing_field",
                     format!("{} is required", names[0]),
@@ -778,7 +803,7 @@ mod tests {
                 .is_none()
         );
         let e = reason(
-            r#"{"version":1,"requestId":"eud-9","accountId":"a","requestedBy":"b","userIds":["secret@example.com","secret@example.com"],"botIds":["st-1"]}"#,
+            r#"{"version":1,"requestId":"eud-9","accountId":"a","requestedBy":"b","userIds":["secret@ex.com","secret@ex.com"],"botIds":["st-1"]}"#,
         );
         assert!(e.reason.contains("duplicate"));
         assert!(

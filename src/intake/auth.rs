@@ -35,6 +35,8 @@ pub enum AuthError {
     Signature,
     #[error("token has expired")]
     Expired,
+    #[error("token is not valid yet (nbf)")]
+    NotYetValid,
     #[error("the app lacks the scope delete_users_data")]
     Scope,
     #[error("authentication is unavailable: {0}")]
@@ -117,11 +119,13 @@ pub async fn authenticate(pool: &PgPool, secret_key: &[u8], token: &str) -> Resu
     let mut validation = Validation::new(alg);
     validation.required_spec_claims.clear();
     validation.validate_exp = true;
+    validation.validate_nbf = true;
     validation.validate_aud = false;
     validation.leeway = 30;
     jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).map_err(|e| {
         match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
             jsonwebtoken::errors::ErrorKind::InvalidSignature => AuthError::Signature,
             _ => AuthError::Malformed,
         }
