@@ -404,9 +404,17 @@ async fn readyz(State(state): State<IntakeState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // The names of the failing checks, so a probe's log line says what is down.
+    let failing: Vec<&String> = checks
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, ok)| *ok == &serde_json::Value::Bool(false))
+        .map(|(name, _)| name)
+        .collect();
     (
         status,
-        Json(serde_json::json!({"ready": ready, "checks": checks})),
+        Json(serde_json::json!({"ready": ready, "checks": checks, "failing": failing})),
     )
         .into_response()
 }

@@ -3,4 +3,5 @@
 
 mod helpers;
 
+mod deploy;
 mod erase_flow;
