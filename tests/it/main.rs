@@ -5,3 +5,4 @@ mod helpers;
 
 mod deploy;
 mod erase_flow;
+mod ops;
