@@ -5,4 +5,5 @@ mod helpers;
 
 mod deploy;
 mod erase_flow;
+mod openapi;
 mod ops;
