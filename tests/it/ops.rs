@@ -3,6 +3,7 @@
 
 use std::{
     collections::BTreeMap,
+    path::Path,
     process::Stdio,
     sync::{Arc, Mutex},
     time::Duration,
@@ -14,6 +15,10 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::helpers::{TestEnv, publish_raw};
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
 
 /// The `erasure` binary with exactly these settings (nothing inherited but PATH).
 fn erasure(vars: &BTreeMap<String, String>) -> tokio::process::Command {
@@ -215,6 +220,15 @@ async fn an_erasure_through_the_binary_shows_in_metrics_and_json_logs() {
         text.contains("# TYPE erasure_request_duration_seconds histogram"),
         "durations are histograms"
     );
+
+    let operating = std::fs::read_to_string(repo().join("docs/operating.md")).unwrap();
+    for family in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let name = family.split_whitespace().next().unwrap();
+        assert!(
+            operating.contains(&format!("| `{name}` |")),
+            "docs/operating.md explains {name}"
+        );
+    }
 
     let (status, lines) = child.terminate().await;
     assert!(status.success(), "SIGTERM is a clean stop: {status}");
@@ -441,4 +455,42 @@ async fn requests_list_queue_stats_and_redrive_show_and_move_a_dead_letter() {
         env.request_status(&id).await.as_deref(),
         Some("in-progress")
     );
+}
+
+/// All Rust sources under `dir`, concatenated.
+fn sources(dir: &Path) -> String {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            text.push_str(&sources(&path));
+        } else if path.extension().is_some_and(|x| x == "rs") {
+            text.push_str(&std::fs::read_to_string(&path).unwrap());
+        }
+    }
+    text
+}
+
+#[test]
+fn every_documented_metric_is_recorded_by_the_code() {
+    let operating = std::fs::read_to_string(repo().join("docs/operating.md")).unwrap();
+    let code = sources(&repo().join("src"));
+    let telemetry = std::fs::read_to_string(repo().join("src/telemetry.rs")).unwrap();
+    let documented: Vec<&str> = operating
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `erasure_"))
+        .map(|rest| rest.split('`').next().unwrap())
+        .collect();
+    assert!(documented.len() >= 15, "the metrics table: {documented:?}");
+    for name in documented {
+        let name = format!("erasure_{name}");
+        let recorded = ["counter", "gauge", "histogram"]
+            .iter()
+            .any(|kind| code.contains(&format!("metrics::{kind}!(\"{name}\"")));
+        assert!(recorded, "{name} is documented but never recorded");
+        assert!(
+            telemetry.contains(&format!("\"{name}\"")),
+            "{name} is described in src/telemetry.rs"
+        );
+    }
 }
