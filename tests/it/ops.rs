@@ -167,7 +167,8 @@ async fn an_erasure_through_the_binary_shows_in_metrics_and_json_logs() {
         "completed"
     );
 
-    // The relay refreshes the outbox gauge on its next pass; poll until it has.
+    // The relay refreshes the outbox gauge on each pass; a pass may have counted the task
+    // messages before they were confirmed, so poll until one saw the outbox empty.
     let mut text = String::new();
     for _ in 0..100 {
         text = http
@@ -178,7 +179,9 @@ async fn an_erasure_through_the_binary_shows_in_metrics_and_json_logs() {
             .text()
             .await
             .unwrap();
-        if sample(&text, "erasure_outbox_backlog", &[]).is_some() {
+        // Counters move just after the commit that tests observe, so wait for them too.
+        let settled = sample(&text, "erasure_requests_finished_total", &[]) == Some(1.0);
+        if settled && sample(&text, "erasure_outbox_backlog", &[]) == Some(0.0) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -252,6 +255,12 @@ async fn an_erasure_through_the_binary_shows_in_metrics_and_json_logs() {
             .any(|l| l["span"]["name"] == "plan" && l["span"]["request_id"] == id.as_str()),
         "planning logs carry the request id"
     );
+    let accepted = logs
+        .iter()
+        .find(|l| l["fields"]["message"] == "erase request accepted")
+        .expect("the intake logs what it accepted");
+    assert_eq!(accepted["span"]["name"], "erase");
+    assert_eq!(accepted["span"]["request_id"], id.as_str());
     for pii in ["jane.ops@example.com", "u-ops-1"] {
         assert!(
             !lines.iter().any(|l| l.contains(pii)),
