@@ -3,10 +3,12 @@
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-use crate::config::LogFormat;
+use sqlx::PgPool;
+
+use crate::{config::LogFormat, contract::RequestId};
 
 /// Installs the global subscriber once; later calls are no-ops. Logs go to stderr.
 pub fn init_logs(format: LogFormat) {
@@ -39,6 +41,16 @@ pub fn metrics() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&buckets)
                 .expect("non-empty buckets")
+                // A request lives from seconds (one small bot) to hours (a user with millions
+                // of rows under a rows-per-second ceiling).
+                .set_buckets_for_metric(
+                    Matcher::Full("erasure_request_duration_seconds".into()),
+                    &[
+                        0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14_400.0,
+                        86_400.0,
+                    ],
+                )
+                .expect("non-empty buckets")
                 .build_recorder();
             let handle = recorder.handle();
             let _ = metrics::set_global_recorder(recorder);
@@ -61,7 +73,12 @@ fn describe() {
     );
     describe_counter!(
         "erasure_requests_finished_total",
-        "Requests settled, by final status"
+        "Requests settled, by final status (completed, rejected, failed)"
+    );
+    describe_histogram!(
+        "erasure_request_duration_seconds",
+        Unit::Seconds,
+        "Time from a request's creation to its settling, by final status"
     );
     describe_counter!(
         "erasure_tasks_planned_total",
@@ -121,4 +138,29 @@ fn describe() {
         "erasure_db_retries_total",
         "Database operations retried after a transient error"
     );
+}
+
+/// Counts a request that just settled and records how long it took, creation to settling.
+/// The status and times are read back from the database after the commit, so a request that
+/// a concurrent worker settled differently is counted as it really ended.
+pub async fn record_settled(pool: &PgPool, id: &RequestId, expected: &str) {
+    let row: Result<Option<(String, Option<f64>)>, sqlx::Error> = sqlx::query_as(
+        "SELECT status, extract(epoch FROM completed_at - created_at)::float8
+           FROM erasure.requests WHERE request_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await;
+    match row {
+        Ok(Some((status, seconds))) if status == expected => {
+            metrics::counter!("erasure_requests_finished_total", "status" => status.clone())
+                .increment(1);
+            if let Some(s) = seconds {
+                metrics::histogram!("erasure_request_duration_seconds", "status" => status)
+                    .record(s.max(0.0));
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "could not read a settled request for metrics"),
+    }
 }

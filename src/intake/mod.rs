@@ -24,6 +24,7 @@ use axum::{
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use crate::{
     config::Config,
@@ -151,7 +152,11 @@ async fn erase(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let response = erase_inner(&state, peer, &headers, body).await;
+    // The request id is known only once the call is valid; it is recorded then.
+    let span = tracing::info_span!("erase", request_id = tracing::field::Empty);
+    let response = erase_inner(&state, peer, &headers, body)
+        .instrument(span)
+        .await;
     metrics::histogram!("erasure_intake_seconds").record(started.elapsed().as_secs_f64());
     response
 }
@@ -254,6 +259,7 @@ async fn erase_inner(
     }
 
     let request_id = RequestId::generate();
+    tracing::Span::current().record("request_id", tracing::field::display(&request_id));
     let now = chrono::Utc::now();
     let message = EraseMessage {
         request_id: request_id.clone(),
@@ -304,11 +310,14 @@ async fn erase_inner(
     // latency; the relay publishes it later if this fails or the process dies.
     let publisher = state.publisher.clone();
     let pool = state.pool.clone();
-    tokio::spawn(async move {
-        publisher
-            .publish_outbox(&pool, std::slice::from_ref(&queued))
-            .await;
-    });
+    tokio::spawn(
+        async move {
+            publisher
+                .publish_outbox(&pool, std::slice::from_ref(&queued))
+                .await;
+        }
+        .instrument(tracing::Span::current()),
+    );
     metrics::counter!("erasure_intake_requests_total", "outcome" => "accepted", "reason" => "")
         .increment(1);
     tracing::info!(request_id = %request_id, app = %app.client_id, "erase request accepted");
@@ -404,9 +413,17 @@ async fn readyz(State(state): State<IntakeState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // The names of the failing checks, so a probe's log line says what is down.
+    let failing: Vec<&String> = checks
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, ok)| *ok == &serde_json::Value::Bool(false))
+        .map(|(name, _)| name)
+        .collect();
     (
         status,
-        Json(serde_json::json!({"ready": ready, "checks": checks})),
+        Json(serde_json::json!({"ready": ready, "checks": checks, "failing": failing})),
     )
         .into_response()
 }

@@ -95,6 +95,9 @@ pub async fn dead_letter(
         "request"
     };
     metrics::counter!("erasure_dead_lettered_total", "kind" => kind).increment(1);
+    if let Some(id) = request_id.as_deref().and_then(RequestId::parse) {
+        crate::telemetry::record_settled(&ctx.pool, &id, "failed").await;
+    }
     tracing::warn!(
         request_id = request_id.as_deref().unwrap_or("-"),
         reason,

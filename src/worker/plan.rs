@@ -246,8 +246,7 @@ async fn plan(ctx: &Ctx, msg: &EraseMessage) -> Result<Vec<OutboxMessage>, PlanE
         requests::mark_planned(&mut tx, &msg.request_id, &[], 0).await?;
         let status = requests::settle(&mut tx, &msg.request_id).await?;
         tx.commit().await?;
-        metrics::counter!("erasure_requests_finished_total", "status" => status.clone())
-            .increment(1);
+        crate::telemetry::record_settled(&ctx.pool, &msg.request_id, &status).await;
         tracing::info!(status, "request settled at planning: nothing to erase");
         return Ok(Vec::new());
     }

@@ -213,8 +213,7 @@ pub async fn run(
         if let Some(done) = settled {
             metrics::counter!("erasure_tasks_completed_total").increment(1);
             if let Some(status) = done {
-                metrics::counter!("erasure_requests_finished_total", "status" => status.clone())
-                    .increment(1);
+                crate::telemetry::record_settled(&ctx.pool, &msg.request_id, &status).await;
                 tracing::info!(status, "request settled");
             }
         }

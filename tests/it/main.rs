@@ -4,9 +4,12 @@
 mod helpers;
 
 mod cli;
+mod deploy;
 mod erase_flow;
 mod faults;
 mod intake;
+mod openapi;
+mod ops;
 mod parsers;
 mod privacy;
 mod process;
