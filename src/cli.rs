@@ -161,7 +161,7 @@ pub struct SubmitArgs {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::from_env()?;
-    telemetry::init_logs(config.log_format);
+    telemetry::init_logs(config.log_format, &config.log_filter);
     match cli.command {
         Command::Serve { role } => serve(config, role).await,
         Command::Migrate => {

@@ -19,6 +19,7 @@ pub struct Config {
     pub amqp_url: String,
     pub queue_prefix: String,
     pub log_format: LogFormat,
+    pub log_filter: String,
     /// Largest accepted HTTP body.
     pub max_body_bytes: usize,
     pub max_user_ids: usize,
@@ -118,6 +119,11 @@ pub const SETTINGS: &[Setting] = &[
         "prefix of every exchange and queue name (e.g. `p.`)",
     ),
     s("ERASURE_LOG_FORMAT", "text", "`text` or `json`"),
+    s(
+        "ERASURE_LOG",
+        "info,sqlx=warn,lapin=warn",
+        "log filter (tracing `EnvFilter` syntax, e.g. `debug` or `info,erasure::worker=debug`)",
+    ),
     s(
         "ERASURE_MAX_BODY_BYTES",
         "1048576",
@@ -301,6 +307,10 @@ impl Config {
             "json" => LogFormat::Json,
             _ => return Err(bad("ERASURE_LOG_FORMAT", &log, "must be `text` or `json`")),
         };
+        let log_filter = raw("ERASURE_LOG");
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
+            return Err(bad("ERASURE_LOG", &log_filter, e.to_string()));
+        }
         let n =
             |var: &'static str, min: u64| -> Result<u64, ConfigError> { num(var, &raw(var), min) };
         let ms = |var: &'static str| -> Result<Duration, ConfigError> {
@@ -336,6 +346,7 @@ impl Config {
             amqp_url,
             queue_prefix,
             log_format,
+            log_filter,
             max_body_bytes: n("ERASURE_MAX_BODY_BYTES", 64)? as usize,
             max_user_ids: n("ERASURE_MAX_USER_IDS", 1)? as usize,
             max_bot_ids: n("ERASURE_MAX_BOT_IDS", 1)? as usize,
@@ -383,6 +394,7 @@ impl Config {
                 "ERASURE_LOG_FORMAT",
                 format!("{:?}", self.log_format).to_lowercase(),
             ),
+            ("ERASURE_LOG", self.log_filter.clone()),
             ("ERASURE_MAX_BODY_BYTES", self.max_body_bytes.to_string()),
             ("ERASURE_MAX_USER_IDS", self.max_user_ids.to_string()),
             ("ERASURE_MAX_BOT_IDS", self.max_bot_ids.to_string()),

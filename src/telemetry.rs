@@ -11,9 +11,9 @@ use sqlx::PgPool;
 use crate::{config::LogFormat, contract::RequestId};
 
 /// Installs the global subscriber once; later calls are no-ops. Logs go to stderr.
-pub fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("ERASURE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn"));
+/// `filter` was validated with the configuration (`ERASURE_LOG`).
+pub fn init_logs(format: LogFormat, filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Json => registry
