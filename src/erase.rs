@@ -4,7 +4,10 @@
 //! of the given users in the given bot and adds the count to the task's progress in the same
 //! statement, so the count is exact even when two workers run the same task at once.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
 
 use sqlx::PgPool;
 use tokio::sync::Mutex;
@@ -105,6 +108,7 @@ impl Store {
         users: &[String],
         limit: i64,
     ) -> Result<u64, sqlx::Error> {
+        let started = Instant::now();
         let n: Option<i64> = sqlx::query_scalar(self.delete_batch_sql())
             .bind(users)
             .bind(bot_id)
@@ -112,6 +116,7 @@ impl Store {
             .bind(request)
             .fetch_optional(pool)
             .await?;
+        record_longest(started.elapsed());
         // The caller loaded the task row, so the UPDATE matches it and returns the count.
         Ok(n.unwrap_or(0) as u64)
     }
@@ -129,6 +134,16 @@ impl Store {
             .fetch_one(pool)
             .await
     }
+}
+
+/// Keeps the gauge `erasure_delete_batch_max_seconds`: the longest single delete statement
+/// this process has run, the figure that says whether batches stay short enough to be gentle
+/// (the histogram's buckets only bound it).
+fn record_longest(took: Duration) {
+    static LONGEST_NANOS: AtomicU64 = AtomicU64::new(0);
+    let nanos = took.as_nanos().min(u128::from(u64::MAX)) as u64;
+    let longest = LONGEST_NANOS.fetch_max(nanos, Ordering::Relaxed).max(nanos);
+    metrics::gauge!("erasure_delete_batch_max_seconds").set(longest as f64 / 1e9);
 }
 
 /// Paces deletes to a ceiling of rows per second (0: no ceiling), shared by every task of a
