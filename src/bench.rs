@@ -66,7 +66,12 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1_000_000)]
     pub big_rows: i64,
     /// Scenarios to run.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "bulk,small,big,replicas")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "bulk,small,big,replicas"
+    )]
     pub scenarios: Vec<Scenario>,
     /// Worker processes of the bulk, small and big scenarios.
     #[arg(long, default_value_t = 1)]
@@ -159,8 +164,11 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     let figures = run(&opts).await?;
     println!("{}", figures.table());
     if let Some(path) = &opts.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&figures.to_json())? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&figures.to_json())? + "\n",
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
         println!("figures written to {}", path.display());
     }
     Ok(())
@@ -261,7 +269,11 @@ async fn run_inner(opts: &Options) -> anyhow::Result<Figures> {
     let started = Instant::now();
     if sets > 0 {
         step(opts, "seeding the bulk platform");
-        seed::seed(&pool, &spec(opts, BULK_ACCOUNT, "b", opts.users, opts.bots, opts.rows)).await?;
+        seed::seed(
+            &pool,
+            &spec(opts, BULK_ACCOUNT, "b", opts.users, opts.bots, opts.rows),
+        )
+        .await?;
     }
     if has(Scenario::Small) {
         step(opts, "seeding the small-request users");
@@ -354,7 +366,11 @@ async fn run_inner(opts: &Options) -> anyhow::Result<Figures> {
             metric_sum(&metrics, "erasure_delete_batch_max_seconds", "") * 1000.0,
         );
         let total = metric_sum(&metrics, "erasure_delete_batch_seconds_count", "");
-        let fast = metric_sum(&metrics, "erasure_delete_batch_seconds_bucket", "le=\"0.25\"");
+        let fast = metric_sum(
+            &metrics,
+            "erasure_delete_batch_seconds_bucket",
+            "le=\"0.25\"",
+        );
         figures.set("big_delete_statements", total);
         figures.set("big_deletes_over_250ms", total - fast);
         figures.set("big_worker_peak_rss_mib", rss as f64 / 1024.0);
@@ -772,8 +788,8 @@ impl Service {
             "erasure-{}{role}-{n}.log",
             opts.queue_prefix.replace('.', "-")
         ));
-        let file = std::fs::File::create(&log)
-            .with_context(|| format!("creating {}", log.display()))?;
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = tokio::process::Command::new(&opts.exe);
         cmd.args(["serve", "--role", role])
             .env("DATABASE_URL", &opts.database_url)
@@ -794,7 +810,10 @@ impl Service {
             .stderr(Stdio::from(file))
             .kill_on_drop(true);
         if opts.config.secret_key.configured {
-            cmd.env("ERASURE_SECRET_KEY", hex::encode(&opts.config.secret_key.bytes));
+            cmd.env(
+                "ERASURE_SECRET_KEY",
+                hex::encode(&opts.config.secret_key.bytes),
+            );
         } else {
             cmd.env_remove("ERASURE_SECRET_KEY");
         }

@@ -3,4 +3,5 @@
 
 mod helpers;
 
+mod bench_smoke;
 mod erase_flow;
