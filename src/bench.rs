@@ -165,7 +165,7 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     println!("{}", figures.table());
     if let Some(path) = &opts.json {
         std::fs::write(
-            &path,
+            path,
             serde_json::to_string_pretty(&figures.to_json())? + "\n",
         )
         .with_context(|| format!("writing {}", path.display()))?;
