@@ -310,11 +310,11 @@ async fn run_inner(opts: &Options) -> anyhow::Result<Figures> {
         let token = app_token(opts, &pool, BULK_ACCOUNT).await?;
         let users = bulk_set(opts, sets, 0);
         step(opts, "bulk: plain-SQL floor");
-        prewarm(&pool, FLOOR_SCHEMA, &users).await?;
+        settle(&pool, FLOOR_SCHEMA, &users).await?;
         let (floor_rows, floor_secs) = floor_delete(&pool, &users).await?;
         let workers = Workers::spawn(opts, opts.workers, &[]).await?;
         step(opts, "bulk: through the service");
-        prewarm(&pool, "platform", &users).await?;
+        settle(&pool, "platform", &users).await?;
         let run = erase_and_wait(opts, &api, &pool, &token, &users, None).await?;
         workers.stop().await;
         let floor_rps = floor_rows as f64 / floor_secs;
@@ -384,7 +384,7 @@ async fn run_inner(opts: &Options) -> anyhow::Result<Figures> {
             let users = bulk_set(opts, sets, k);
             let workers = Workers::spawn(opts, n, &[]).await?;
             step(opts, &format!("replicas: {n} worker process(es)"));
-            prewarm(&pool, "platform", &users).await?;
+            settle(&pool, "platform", &users).await?;
             let run = erase_and_wait(opts, &api, &pool, &token, &users, None).await?;
             for w in &workers.0 {
                 let m = w.metrics().await?;
@@ -472,8 +472,15 @@ async fn copy_floor(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads the users' rows and index entries once, so that neither side pays for cold caches
-/// the other does not.
+/// Puts both sides on the same footing before a measurement: a checkpoint (so that each pays
+/// the same full-page writes on first touching a page, rather than whichever side a pending
+/// checkpoint happens to fall on), then one read of the users' rows and index entries (so that
+/// neither pays for cold caches the other does not).
+async fn settle(pool: &PgPool, schema: &str, users: &[String]) -> anyhow::Result<()> {
+    sql(pool, "CHECKPOINT").await?;
+    prewarm(pool, schema, users).await
+}
+
 async fn prewarm(pool: &PgPool, schema: &str, users: &[String]) -> anyhow::Result<()> {
     for t in STORE_TABLES {
         sqlx::query(sqlx::AssertSqlSafe(format!(
