@@ -95,6 +95,8 @@ pub enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// Benchmark the service against plain set-based SQL on its own database.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -243,6 +245,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Bench(args) => crate::bench::main(&config, args).await,
         Command::Queue {
             command: QueueCommand::Stats,
         } => {

@@ -4,10 +4,14 @@
 //! of the given users in the given bot and adds the count to the task's progress in the same
 //! statement, so the count is exact even when two workers run the same task at once.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
 
 use sqlx::PgPool;
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use crate::contract::RequestId;
 
@@ -38,60 +42,48 @@ impl Store {
         }
     }
 
-    // The inner SELECT finds up to $3 rows through the (user_id, bot_id) index; the DELETE
-    // fetches them by physical address and re-checks the keys, so a row that moved or changed
-    // meanwhile is never deleted by mistake.
+    // One statement per batch: `c` picks up to $3 rows of the users in the bot through the
+    // (user_id, bot_id) index; the DELETE fetches them by physical address (a TID scan, no
+    // second index pass) and re-checks the keys, so a row that moved or changed meanwhile is
+    // never deleted by mistake; the count lands on the task in the same transaction. The
+    // number of candidates says whether the store is drained: fewer than $3 means every
+    // matching row was in this batch, even if a concurrent run of the same task deleted some
+    // of them first, so no separate "anything left?" query (a second pass over the index,
+    // which after a delete is full of dead entries) is needed.
     fn delete_batch_sql(self) -> &'static str {
         match self {
             Self::Conversations => {
-                "WITH d AS (
-                    DELETE FROM platform.conversations
-                     WHERE ctid = ANY(ARRAY(SELECT ctid FROM platform.conversations
-                                             WHERE user_id = ANY($1) AND bot_id = $2 LIMIT $3))
-                       AND user_id = ANY($1) AND bot_id = $2
-                    RETURNING 1),
+                "WITH c AS (SELECT ARRAY(SELECT ctid FROM platform.conversations
+                                          WHERE user_id = ANY($1) AND bot_id = $2 LIMIT $3) AS ids),
+                 d AS (DELETE FROM platform.conversations
+                        WHERE ctid = ANY((SELECT ids FROM c)::tid[]) AND user_id = ANY($1) AND bot_id = $2
+                       RETURNING 1),
                  n AS (SELECT count(*) AS n FROM d)
                  UPDATE erasure.tasks SET rows_conversations = rows_conversations + n.n, updated_at = now()
                    FROM n WHERE request_id = $4 AND bot_id = $2
-                 RETURNING n.n"
+                 RETURNING n.n, cardinality((SELECT ids FROM c))::bigint"
             }
             Self::Sessions => {
-                "WITH d AS (
-                    DELETE FROM platform.sessions
-                     WHERE ctid = ANY(ARRAY(SELECT ctid FROM platform.sessions
-                                             WHERE user_id = ANY($1) AND bot_id = $2 LIMIT $3))
-                       AND user_id = ANY($1) AND bot_id = $2
-                    RETURNING 1),
+                "WITH c AS (SELECT ARRAY(SELECT ctid FROM platform.sessions
+                                          WHERE user_id = ANY($1) AND bot_id = $2 LIMIT $3) AS ids),
+                 d AS (DELETE FROM platform.sessions
+                        WHERE ctid = ANY((SELECT ids FROM c)::tid[]) AND user_id = ANY($1) AND bot_id = $2
+                       RETURNING 1),
                  n AS (SELECT count(*) AS n FROM d)
                  UPDATE erasure.tasks SET rows_sessions = rows_sessions + n.n, updated_at = now()
                    FROM n WHERE request_id = $4 AND bot_id = $2
-                 RETURNING n.n"
+                 RETURNING n.n, cardinality((SELECT ids FROM c))::bigint"
             }
             Self::Analytics => {
-                "WITH d AS (
-                    DELETE FROM platform.analytics_events
-                     WHERE ctid = ANY(ARRAY(SELECT ctid FROM platform.analytics_events
-                                             WHERE user_id = ANY($1) AND bot_id = $2 LIMIT $3))
-                       AND user_id = ANY($1) AND bot_id = $2
-                    RETURNING 1),
+                "WITH c AS (SELECT ARRAY(SELECT ctid FROM platform.analytics_events
+                                          WHERE user_id = ANY($1) AND bot_id = $2 LIMIT $3) AS ids),
+                 d AS (DELETE FROM platform.analytics_events
+                        WHERE ctid = ANY((SELECT ids FROM c)::tid[]) AND user_id = ANY($1) AND bot_id = $2
+                       RETURNING 1),
                  n AS (SELECT count(*) AS n FROM d)
                  UPDATE erasure.tasks SET rows_analytics = rows_analytics + n.n, updated_at = now()
                    FROM n WHERE request_id = $4 AND bot_id = $2
-                 RETURNING n.n"
-            }
-        }
-    }
-
-    fn any_left_sql(self) -> &'static str {
-        match self {
-            Self::Conversations => {
-                "SELECT EXISTS (SELECT 1 FROM platform.conversations WHERE user_id = ANY($1) AND bot_id = $2)"
-            }
-            Self::Sessions => {
-                "SELECT EXISTS (SELECT 1 FROM platform.sessions WHERE user_id = ANY($1) AND bot_id = $2)"
-            }
-            Self::Analytics => {
-                "SELECT EXISTS (SELECT 1 FROM platform.analytics_events WHERE user_id = ANY($1) AND bot_id = $2)"
+                 RETURNING n.n, cardinality((SELECT ids FROM c))::bigint"
             }
         }
     }
@@ -104,60 +96,136 @@ impl Store {
         bot_id: &str,
         users: &[String],
         limit: i64,
-    ) -> Result<u64, sqlx::Error> {
-        let n: Option<i64> = sqlx::query_scalar(self.delete_batch_sql())
+    ) -> Result<Batch, sqlx::Error> {
+        let started = Instant::now();
+        let row: Option<(i64, Option<i64>)> = sqlx::query_as(self.delete_batch_sql())
             .bind(users)
             .bind(bot_id)
             .bind(limit)
             .bind(request)
             .fetch_optional(pool)
             .await?;
-        // The caller loaded the task row, so the UPDATE matches it and returns the count.
-        Ok(n.unwrap_or(0) as u64)
-    }
-
-    /// Whether any row of the users in the bot remains.
-    pub async fn any_left(
-        self,
-        pool: &PgPool,
-        bot_id: &str,
-        users: &[String],
-    ) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar(self.any_left_sql())
-            .bind(users)
-            .bind(bot_id)
-            .fetch_one(pool)
-            .await
+        record_longest(started.elapsed());
+        // The caller loaded the task row, so the UPDATE matches it and returns the counts;
+        // `cardinality` of an empty array is NULL.
+        let (deleted, candidates) = row.unwrap_or((0, None));
+        Ok(Batch {
+            deleted: deleted.max(0) as u64,
+            drained: candidates.unwrap_or(0) < limit,
+        })
     }
 }
 
-/// Paces deletes to a ceiling of rows per second (0: no ceiling), shared by every task of a
-/// worker process.
+/// What one batch did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub deleted: u64,
+    /// No row of the users in the bot is left in this store (as of the statement's snapshot).
+    pub drained: bool,
+}
+
+/// Keeps the gauge `erasure_delete_batch_max_seconds`: the longest single delete statement
+/// this process has run, the figure that says whether batches stay short enough to be gentle
+/// (the histogram's buckets only bound it).
+fn record_longest(took: Duration) {
+    static LONGEST_NANOS: AtomicU64 = AtomicU64::new(0);
+    let nanos = took.as_nanos().min(u128::from(u64::MAX)) as u64;
+    let longest = LONGEST_NANOS.fetch_max(nanos, Ordering::Relaxed).max(nanos);
+    metrics::gauge!("erasure_delete_batch_max_seconds").set(longest as f64 / 1e9);
+}
+
+/// Paces deletes to two ceilings of rows per second (0: none): one per worker process, kept in
+/// memory, and one for all workers together, kept in the database row `erasure.delete_pace` so
+/// that it holds whatever the number of replicas.
+///
+/// A batch reserves its full size before it runs and hands back what it did not use, so a
+/// ceiling holds from the first batch on (a worker never deletes first and waits after), and
+/// statements stay bounded by the batch size however low the ceiling.
 pub struct Throttle {
+    local: Option<Pace>,
+    total_rows_per_second: u64,
+}
+
+struct Pace {
     rows_per_second: u64,
     next: Mutex<Instant>,
 }
 
+impl Pace {
+    fn secs(&self, rows: u64) -> Duration {
+        Duration::from_secs_f64(rows as f64 / self.rows_per_second as f64)
+    }
+}
+
 impl Throttle {
-    pub fn new(rows_per_second: u64) -> Self {
+    pub fn new(per_worker: u64, total: u64) -> Self {
         Self {
-            rows_per_second,
-            next: Mutex::new(Instant::now()),
+            local: (per_worker > 0).then(|| Pace {
+                rows_per_second: per_worker,
+                next: Mutex::new(Instant::now()),
+            }),
+            total_rows_per_second: total,
         }
     }
 
-    /// Accounts for `rows` just deleted and waits until the ceiling allows more.
-    pub async fn consumed(&self, rows: u64) {
-        if self.rows_per_second == 0 || rows == 0 {
-            return;
-        }
-        let wait = {
-            let mut next = self.next.lock().await;
+    /// Waits until `rows` may be deleted under both ceilings and reserves them. `false` when
+    /// `stop` fired first; the reservation is then handed back.
+    pub async fn reserve(
+        &self,
+        pool: &PgPool,
+        rows: u64,
+        stop: &CancellationToken,
+    ) -> Result<bool, sqlx::Error> {
+        let mut wait = Duration::ZERO;
+        if let Some(pace) = &self.local {
+            let mut next = pace.next.lock().await;
             let now = Instant::now();
             let start = (*next).max(now);
-            *next = start + Duration::from_secs_f64(rows as f64 / self.rows_per_second as f64);
-            next.saturating_duration_since(now)
-        };
-        tokio::time::sleep(wait).await;
+            *next = start + pace.secs(rows);
+            wait = start - now;
+        }
+        if self.total_rows_per_second > 0 {
+            let secs: f64 = sqlx::query_scalar(
+                "UPDATE erasure.delete_pace
+                    SET next_at = GREATEST(next_at, clock_timestamp()) + make_interval(secs => $1)
+                 RETURNING GREATEST(extract(epoch FROM next_at - clock_timestamp())::float8 - $1, 0)",
+            )
+            .bind(rows as f64 / self.total_rows_per_second as f64)
+            .fetch_one(pool)
+            .await?;
+            wait = wait.max(Duration::from_secs_f64(secs));
+        }
+        if wait.is_zero() {
+            return Ok(true);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => Ok(true),
+            _ = stop.cancelled() => {
+                self.refund(pool, rows).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Hands back `rows` of a reservation that a batch did not use.
+    pub async fn refund(&self, pool: &PgPool, rows: u64) -> Result<(), sqlx::Error> {
+        if rows == 0 {
+            return Ok(());
+        }
+        if let Some(pace) = &self.local {
+            let mut next = pace.next.lock().await;
+            let now = Instant::now();
+            *next = next.checked_sub(pace.secs(rows)).unwrap_or(now).max(now);
+        }
+        if self.total_rows_per_second > 0 {
+            sqlx::query(
+                "UPDATE erasure.delete_pace
+                    SET next_at = GREATEST(next_at - make_interval(secs => $1), clock_timestamp())",
+            )
+            .bind(rows as f64 / self.total_rows_per_second as f64)
+            .execute(pool)
+            .await?;
+        }
+        Ok(())
     }
 }

@@ -5,6 +5,7 @@
 //! [`worker`] (planning, tasks) → [`erase`] (batched deletes) → [`store`] (the service's own
 //! state). [`contract`] holds the wire types every side shares.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod contract;

@@ -162,40 +162,37 @@ pub async fn run(
     let limit = ctx.config.batch_size;
     let mut budget = ctx.config.batches_per_slice;
     let mut deleted = 0;
-    let drained = 'work: loop {
+    // One pass over the stores, each batch by batch until a batch saw fewer candidates than
+    // its limit: that batch proved the store drained, so no further check is needed.
+    let drained = 'work: {
         for store in Store::ALL {
             loop {
                 if budget == 0 || stop.is_cancelled() {
                     break 'work false;
                 }
                 budget -= 1;
+                if !ctx.throttle.reserve(&ctx.pool, limit as u64, stop).await? {
+                    break 'work false;
+                }
                 let started = Instant::now();
-                let n = retry::db("delete_batch", || {
+                let batch = retry::db("delete_batch", || {
                     store.delete_batch(&ctx.pool, &msg.request_id, &msg.bot_id, users, limit)
                 })
                 .await?;
                 metrics::histogram!("erasure_delete_batch_seconds", "store" => store.name())
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!("erasure_rows_deleted_total", "store" => store.name())
-                    .increment(n);
-                ctx.throttle.consumed(n).await;
-                deleted += n;
-                if (n as i64) < limit {
+                    .increment(batch.deleted);
+                ctx.throttle
+                    .refund(&ctx.pool, (limit as u64).saturating_sub(batch.deleted))
+                    .await?;
+                deleted += batch.deleted;
+                if batch.drained {
                     break;
                 }
             }
         }
-        // Rows may have arrived while we worked (the user kept chatting): done means none left.
-        let mut left = false;
-        for store in Store::ALL {
-            if retry::db("any_left", || store.any_left(&ctx.pool, &msg.bot_id, users)).await? {
-                left = true;
-                break;
-            }
-        }
-        if !left {
-            break true;
-        }
+        true
     };
     // Which delivery deleted what: evidence when a task ran in two places at once.
     tracing::debug!(rows = deleted, drained, "slice worked");

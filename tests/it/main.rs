@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod bench_smoke;
 mod cli;
 mod deploy;
 mod erase_flow;
