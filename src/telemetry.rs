@@ -113,6 +113,11 @@ fn describe() {
         Unit::Seconds,
         "Duration of one batch delete statement, by store"
     );
+    describe_gauge!(
+        "erasure_delete_batch_max_seconds",
+        Unit::Seconds,
+        "Longest single batch delete statement this process has run"
+    );
     describe_histogram!(
         "erasure_task_slice_seconds",
         Unit::Seconds,
