@@ -16,5 +16,6 @@ mod privacy;
 mod process;
 mod producer;
 mod proxy;
+mod readme;
 mod rules;
 mod security;

@@ -1,0 +1,101 @@
+//! The README is the user's door: its walk-through runs as pasted, and its settings table is
+//! the code's.
+
+use std::time::Duration;
+
+use erasure::{config::SETTINGS, startup::Role};
+
+use crate::helpers::TestEnv;
+
+const README: &str = include_str!("../../README.md");
+
+/// The shell block that follows a `<!-- marker -->` line.
+fn block_after(marker: &str) -> &'static str {
+    let start = README
+        .find(marker)
+        .unwrap_or_else(|| panic!("README has {marker}"));
+    let rest = &README[start..];
+    let open = rest.find("```sh\n").expect("a sh block follows") + "```sh\n".len();
+    let len = rest[open..].find("\n```").expect("the block ends");
+    &rest[open..open + len]
+}
+
+#[tokio::test]
+async fn the_readme_walkthrough_runs_as_pasted() {
+    let env = TestEnv::new().await;
+    let svc = env.start(Role::All).await;
+    let script = block_after("<!-- walkthrough -->");
+    // Only the two addresses differ: this test's binary and its service's port.
+    assert!(
+        script.contains("E=target/release/erasure\n")
+            && script.contains("URL=http://127.0.0.1:8080\n")
+    );
+    let script = script
+        .replace(
+            "E=target/release/erasure\n",
+            &format!("E={}\n", env!("CARGO_BIN_EXE_erasure")),
+        )
+        .replace(
+            "URL=http://127.0.0.1:8080\n",
+            &format!("URL=http://{}\n", svc.http_addr),
+        );
+    let run = tokio::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .envs(&env.vars)
+        .env("ERASURE_LOG", "warn")
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the walk-through finishes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "walk-through failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(r#""status":"in-progress""#),
+        "the 202 answer is shown: {stdout}"
+    );
+    assert!(
+        stdout.contains(r#""status": "completed""#),
+        "--watch ends on the settled document: {stdout}"
+    );
+    for expected in [
+        "account_owner",
+        "bot_co_developer",
+        "NOT_FOUND",
+        r#""channelUserId": "tg-demo-14""#,
+    ] {
+        assert!(stdout.contains(expected), "{expected} in {stdout}");
+    }
+    for (user, bot) in [
+        ("u-demo-10", "st-demo-1"),
+        ("u-demo-11", "st-demo-2"),
+        ("u-demo-14", "st-demo-1"),
+    ] {
+        assert_eq!(
+            env.count_rows(user, bot).await,
+            0,
+            "{user} in {bot} is erased"
+        );
+    }
+    svc.shutdown().await;
+}
+
+#[test]
+fn the_readme_lists_every_setting_with_its_default() {
+    for s in SETTINGS {
+        let default = if s.default.is_empty() {
+            "(empty)".to_string()
+        } else {
+            format!("`{}`", s.default)
+        };
+        let row = format!("| `{}` | {} | {} |", s.var, default, s.help);
+        assert!(
+            README.contains(&row),
+            "README settings table lacks or differs for:\n{row}"
+        );
+    }
+}
