@@ -292,53 +292,83 @@ fn read_user_ids(
             return Vec::new();
         }
     };
-    if items.is_empty() {
-        errors.push(FieldError::new(
-            "empty_list",
-            "must name at least one user",
-            Some(field.into()),
-        ));
-        return Vec::new();
-    }
-    if items.len() > limits.max_user_ids {
-        errors.push(FieldError::new(
-            "too_many",
-            format!("must have at most {} entries", limits.max_user_ids),
-            Some(field.into()),
-        ));
-        return Vec::new();
-    }
-    let mut out = Vec::with_capacity(items.len());
-    let mut seen = HashSet::new();
-    for (i, item) in items.iter().enumerate() {
-        let path = format!("userIds[{i}]");
-        let entry = match item {
-            Value::String(s) => {
-                check_id(s, path.clone(), limits, errors).then(|| UserEntry::Id(s.clone()))
-            }
+    let list = List {
+        field,
+        max: limits.max_user_ids,
+        empty: "must name at least one user",
+    };
+    list.read(
+        items,
+        errors,
+        |item, path, errors| match item {
+            Value::String(s) => check_id(s, path, limits, errors).then(|| UserEntry::Id(s.clone())),
             Value::Object(o) => read_channel_entry(o, &path, limits, errors),
             _ => {
                 errors.push(FieldError::new(
                     "invalid_type",
                     "must be a string or an object with channelId and channelUserId",
-                    Some(path.clone()),
+                    Some(path),
                 ));
                 None
             }
-        };
-        if let Some(entry) = entry {
-            if !seen.insert(entry.clone()) {
-                errors.push(FieldError::new(
-                    "duplicate",
-                    "repeats an earlier entry",
-                    Some(path),
-                ));
-            } else {
-                out.push(entry);
+        },
+        |_| "repeats an earlier entry".to_string(),
+    )
+}
+
+/// The rules `userIds` and `botIds` share: not empty, not too long, every item valid, no
+/// item twice.
+struct List<'a> {
+    field: &'a str,
+    max: usize,
+    empty: &'a str,
+}
+
+impl List<'_> {
+    fn read<T: Clone + Eq + std::hash::Hash>(
+        &self,
+        items: &[Value],
+        errors: &mut Vec<FieldError>,
+        mut item: impl FnMut(&Value, String, &mut Vec<FieldError>) -> Option<T>,
+        repeated: impl Fn(&T) -> String,
+    ) -> Vec<T> {
+        if items.is_empty() {
+            errors.push(FieldError::new(
+                "empty_list",
+                self.empty,
+                Some(self.field.into()),
+            ));
+            return Vec::new();
+        }
+        if !self.fits(items, errors) {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(items.len());
+        let mut seen = HashSet::new();
+        for (i, value) in items.iter().enumerate() {
+            let path = format!("{}[{i}]", self.field);
+            if let Some(x) = item(value, path.clone(), errors) {
+                if seen.insert(x.clone()) {
+                    out.push(x);
+                } else {
+                    errors.push(FieldError::new("duplicate", repeated(&x), Some(path)));
+                }
             }
         }
+        out
     }
-    out
+
+    fn fits(&self, items: &[Value], errors: &mut Vec<FieldError>) -> bool {
+        let fits = items.len() <= self.max;
+        if !fits {
+            errors.push(FieldError::new(
+                "too_many",
+                format!("must have at most {} entries", self.max),
+                Some(self.field.into()),
+            ));
+        }
+        fits
+    }
 }
 
 fn read_channel_entry(
@@ -398,59 +428,32 @@ fn read_bot_ids(
             return Vec::new();
         }
     };
+    let list = List {
+        field,
+        max: limits.max_bot_ids,
+        empty: "must name at least one bot unless RemoveDataFromAllBots is true",
+    };
     if remove_all {
         // botIds is ignored when erasing from every bot, but a malformed list is still refused.
-        if items.len() > limits.max_bot_ids {
-            errors.push(FieldError::new(
-                "too_many",
-                format!("must have at most {} entries", limits.max_bot_ids),
-                Some(field.into()),
-            ));
-        }
+        list.fits(items, errors);
         return Vec::new();
     }
-    if items.is_empty() {
-        errors.push(FieldError::new(
-            "empty_list",
-            "must name at least one bot unless RemoveDataFromAllBots is true",
-            Some(field.into()),
-        ));
-        return Vec::new();
-    }
-    if items.len() > limits.max_bot_ids {
-        errors.push(FieldError::new(
-            "too_many",
-            format!("must have at most {} entries", limits.max_bot_ids),
-            Some(field.into()),
-        ));
-        return Vec::new();
-    }
-    let mut out = Vec::with_capacity(items.len());
-    let mut seen = HashSet::new();
-    for (i, item) in items.iter().enumerate() {
-        let path = format!("botIds[{i}]");
-        match item {
-            Value::String(s) => {
-                if check_id(s, path.clone(), limits, errors) {
-                    if seen.insert(s.as_str()) {
-                        out.push(s.clone());
-                    } else {
-                        errors.push(FieldError::new(
-                            "duplicate",
-                            format!("repeats bot {s}"),
-                            Some(path),
-                        ));
-                    }
-                }
+    list.read(
+        items,
+        errors,
+        |item, path, errors| match item {
+            Value::String(s) => check_id(s, path, limits, errors).then(|| s.clone()),
+            _ => {
+                errors.push(FieldError::new(
+                    "invalid_type",
+                    "must be a string",
+                    Some(path),
+                ));
+                None
             }
-            _ => errors.push(FieldError::new(
-                "invalid_type",
-                "must be a string",
-                Some(path),
-            )),
-        }
-    }
-    out
+        },
+        |bot| format!("repeats bot {bot}"),
+    )
 }
 
 /// The erase message on the queue (contract, version 1).
