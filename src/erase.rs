@@ -98,13 +98,17 @@ impl Store {
         limit: i64,
     ) -> Result<Batch, sqlx::Error> {
         let started = Instant::now();
+        // A relaxed commit: the task's completion or continuation, committed durably after
+        // the last batch, makes every batch before it durable too (see `begin_relaxed`).
+        let mut tx = crate::store::begin_relaxed(pool).await?;
         let row: Option<(i64, Option<i64>)> = sqlx::query_as(self.delete_batch_sql())
             .bind(users)
             .bind(bot_id)
             .bind(limit)
             .bind(request)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *tx)
             .await?;
+        tx.commit().await?;
         record_longest(started.elapsed());
         // The caller loaded the task row, so the UPDATE matches it and returns the counts;
         // `cardinality` of an empty array is NULL.

@@ -33,12 +33,15 @@ pub async fn insert(
     })
 }
 
+/// Deletes published messages. A relaxed commit (see [`super::begin_relaxed`]): lost in a
+/// crash, the rows are published again by the relay, a duplicate that consumers absorb.
 pub async fn delete(pool: &PgPool, ids: &[i64]) -> Result<(), sqlx::Error> {
+    let mut tx = super::begin_relaxed(pool).await?;
     sqlx::query("DELETE FROM erasure.outbox WHERE id = ANY($1)")
         .bind(ids)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
-    Ok(())
+    tx.commit().await
 }
 
 /// Claims messages older than `min_age_ms` (younger ones are still being published by the
