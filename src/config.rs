@@ -144,7 +144,7 @@ pub const SETTINGS: &[Setting] = &[
         "256",
         "longest identifier, in bytes",
     ),
-    s("ERASURE_BATCH_SIZE", "2000", "rows per delete statement"),
+    s("ERASURE_BATCH_SIZE", "5000", "rows per delete statement"),
     s(
         "ERASURE_BATCHES_PER_SLICE",
         "50",

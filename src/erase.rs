@@ -101,7 +101,12 @@ impl Store {
         // A relaxed commit: the task's completion or continuation, committed durably after
         // the last batch, makes every batch before it durable too (see `begin_relaxed`).
         let mut tx = crate::store::begin_relaxed(pool).await?;
+        // Not a prepared statement: planned with its values each time, the user list becomes
+        // a constant, and PostgreSQL re-checks each deleted row's user against a hash of it
+        // instead of a linear scan of up to 1,000 ids (a generic plan of a cached statement
+        // does the latter: measured 1.5x the CPU of the whole statement for 500 users).
         let row: Option<(i64, Option<i64>)> = sqlx::query_as(self.delete_batch_sql())
+            .persistent(false)
             .bind(users)
             .bind(bot_id)
             .bind(limit)
