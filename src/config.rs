@@ -148,7 +148,7 @@ pub const SETTINGS: &[Setting] = &[
     s(
         "ERASURE_BATCHES_PER_SLICE",
         "50",
-        "batches one delivery works before handing over to a continuation message",
+        "delete statements (each one batch per store not yet drained) one delivery runs before handing over to a continuation message",
     ),
     s(
         "ERASURE_PREFETCH",

@@ -2,7 +2,10 @@
 //! (an unroutable message is an error, not a silent drop) and confirmed by the broker before
 //! the caller moves on.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, OnceLock, Weak},
+    time::Duration,
+};
 
 use anyhow::{Context, anyhow, bail};
 use lapin::{
@@ -11,18 +14,25 @@ use lapin::{
     types::FieldTable,
 };
 use sqlx::PgPool;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc};
 
 use super::Topology;
 use crate::store::outbox::{self, OutboxMessage};
 
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Messages waiting for the background publisher; when it is full, a message is left to the
+/// outbox relay instead (it is committed, so nothing is lost, only delayed).
+const PENDING: usize = 4096;
+/// Most messages one background round publishes and clears together.
+const ROUND: usize = 256;
+
 pub struct Publisher {
     url: String,
     name: String,
     topology: Topology,
     state: Mutex<Option<(Connection, Channel)>>,
+    pending: OnceLock<mpsc::Sender<OutboxMessage>>,
 }
 
 impl Publisher {
@@ -32,6 +42,42 @@ impl Publisher {
             name: name.into(),
             topology,
             state: Mutex::new(None),
+            pending: OnceLock::new(),
+        }
+    }
+
+    /// Publishes a committed outbox message soon, in the background, together with whatever
+    /// else is waiting: one round publishes them all with pipelined confirms and deletes the
+    /// confirmed ones in one statement, so a busy intake pays one clean-up statement per round
+    /// rather than per call. If the process dies first, or the queue is full, the outbox relay
+    /// publishes the message instead.
+    pub fn publish_soon(self: &Arc<Self>, pool: &PgPool, message: OutboxMessage) {
+        let pending = self.pending.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(PENDING);
+            // A weak reference: the task ends when the publisher is dropped (the sender with it).
+            tokio::spawn(Self::publish_pending(
+                Arc::downgrade(self),
+                pool.clone(),
+                rx,
+            ));
+            tx
+        });
+        // Full (the broker is slow or away): the relay's pass publishes it, and logs that it did.
+        let _ = pending.try_send(message);
+    }
+
+    async fn publish_pending(
+        publisher: Weak<Self>,
+        pool: PgPool,
+        mut rx: mpsc::Receiver<OutboxMessage>,
+    ) {
+        let mut round = Vec::with_capacity(ROUND);
+        while rx.recv_many(&mut round, ROUND).await > 0 {
+            let Some(publisher) = publisher.upgrade() else {
+                return;
+            };
+            publisher.publish_outbox(&pool, &round).await;
+            round.clear();
         }
     }
 
