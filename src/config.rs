@@ -144,7 +144,11 @@ pub const SETTINGS: &[Setting] = &[
         "256",
         "longest identifier, in bytes",
     ),
-    s("ERASURE_BATCH_SIZE", "5000", "rows per delete statement"),
+    s(
+        "ERASURE_BATCH_SIZE",
+        "9000",
+        "rows per delete statement (shared among the stores it deletes from)",
+    ),
     s(
         "ERASURE_BATCHES_PER_SLICE",
         "50",

@@ -213,6 +213,11 @@ impl Throttle {
         }
     }
 
+    /// True when a ceiling is set.
+    pub fn is_active(&self) -> bool {
+        self.local.is_some() || self.total_rows_per_second > 0
+    }
+
     /// Waits until `rows` may be deleted under both ceilings and reserves them. `false` when
     /// `stop` fired first; the reservation is then handed back.
     pub async fn reserve(

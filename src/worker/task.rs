@@ -174,7 +174,13 @@ pub async fn run(
             break false;
         }
         budget -= 1;
-        let limits = drained_stores.map(|d| if d { 0 } else { limit });
+        // The batch size bounds the statement: it is shared among the stores still to drain
+        // (a store that drains early leaves the next rounds to the others). So a statement
+        // never deletes more than one batch, and under a ceiling what a round reserves is
+        // one batch, as it was with one statement per store.
+        let active = drained_stores.iter().filter(|d| !**d).count() as i64;
+        let store_limit = (limit + active - 1) / active;
+        let limits = drained_stores.map(|d| if d { 0 } else { store_limit });
         let reserved: i64 = limits.iter().sum();
         if !ctx
             .throttle
