@@ -144,11 +144,15 @@ pub const SETTINGS: &[Setting] = &[
         "256",
         "longest identifier, in bytes",
     ),
-    s("ERASURE_BATCH_SIZE", "2000", "rows per delete statement"),
+    s(
+        "ERASURE_BATCH_SIZE",
+        "9000",
+        "rows per delete statement (shared among the stores it deletes from)",
+    ),
     s(
         "ERASURE_BATCHES_PER_SLICE",
         "50",
-        "batches one delivery works before handing over to a continuation message",
+        "delete statements (each one batch per store not yet drained) one delivery runs before handing over to a continuation message",
     ),
     s(
         "ERASURE_PREFETCH",

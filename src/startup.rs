@@ -97,6 +97,9 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
 
     let mut consumers = Vec::new();
     if role.worker() {
+        let warm = (config.worker_concurrency + 1).min(config.db_max_connections as usize);
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), crate::erase::warm_up(&pool, warm)).await;
         let ctx = Arc::new(Ctx::new(pool.clone(), config.clone(), publisher.clone()));
         let specs = [
             ("requests", topology.requests_queue()),

@@ -36,7 +36,6 @@ use crate::{
     store::{
         self, apps,
         apps::App,
-        outbox,
         requests::{self, NewRequest, Source},
     },
 };
@@ -279,22 +278,14 @@ async fn erase_inner(
         body_digest: Some(digest.clone()),
         requested_at: Some(now),
     };
-    let recorded = async {
-        let mut tx = state.pool.begin().await?;
-        requests::insert(&mut tx, &new).await?;
-        let m = outbox::insert(
-            &mut tx,
-            ERASE_ROUTING_KEY,
-            request_id.as_str(),
-            &message.to_json(),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok::<_, sqlx::Error>(m)
-    }
-    .await;
+    let recorded =
+        requests::insert_with_outbox(&state.pool, &new, ERASE_ROUTING_KEY, &message.to_json())
+            .await;
     let queued = match recorded {
-        Ok(m) => m,
+        Ok(Some(m)) => m,
+        // A fresh random id cannot collide unless the generator is broken; never answer 202
+        // for a request that was not recorded.
+        Ok(None) => return unavailable(&sqlx::Error::RowNotFound),
         Err(e) if store::is_unique_violation(&e) && idempotency_key.is_some() => {
             // A concurrent call with the same key won the race: answer as it did.
             let key = idempotency_key.as_deref().unwrap_or_default();
@@ -308,16 +299,7 @@ async fn erase_inner(
     };
     // Committed: the request will be processed whatever happens next. Publish now for
     // latency; the relay publishes it later if this fails or the process dies.
-    let publisher = state.publisher.clone();
-    let pool = state.pool.clone();
-    tokio::spawn(
-        async move {
-            publisher
-                .publish_outbox(&pool, std::slice::from_ref(&queued))
-                .await;
-        }
-        .instrument(tracing::Span::current()),
-    );
+    state.publisher.publish_soon(&state.pool, queued);
     metrics::counter!("erasure_intake_requests_total", "outcome" => "accepted", "reason" => "")
         .increment(1);
     tracing::info!(request_id = %request_id, app = %app.client_id, "erase request accepted");

@@ -2,27 +2,37 @@
 //! (an unroutable message is an error, not a silent drop) and confirmed by the broker before
 //! the caller moves on.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, OnceLock, Weak},
+    time::Duration,
+};
 
 use anyhow::{Context, anyhow, bail};
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection,
+    BasicProperties, Channel, Confirmation, Connection, PublisherConfirm,
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::FieldTable,
 };
 use sqlx::PgPool;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc};
 
 use super::Topology;
 use crate::store::outbox::{self, OutboxMessage};
 
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Messages waiting for the background publisher; when it is full, a message is left to the
+/// outbox relay instead (it is committed, so nothing is lost, only delayed).
+const PENDING: usize = 4096;
+/// Most messages one background round publishes and clears together.
+const ROUND: usize = 256;
+
 pub struct Publisher {
     url: String,
     name: String,
     topology: Topology,
     state: Mutex<Option<(Connection, Channel)>>,
+    pending: OnceLock<mpsc::Sender<OutboxMessage>>,
 }
 
 impl Publisher {
@@ -32,6 +42,42 @@ impl Publisher {
             name: name.into(),
             topology,
             state: Mutex::new(None),
+            pending: OnceLock::new(),
+        }
+    }
+
+    /// Publishes a committed outbox message soon, in the background, together with whatever
+    /// else is waiting: one round publishes them all with pipelined confirms and deletes the
+    /// confirmed ones in one statement, so a busy intake pays one clean-up statement per round
+    /// rather than per call. If the process dies first, or the queue is full, the outbox relay
+    /// publishes the message instead.
+    pub fn publish_soon(self: &Arc<Self>, pool: &PgPool, message: OutboxMessage) {
+        let pending = self.pending.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(PENDING);
+            // A weak reference: the task ends when the publisher is dropped (the sender with it).
+            tokio::spawn(Self::publish_pending(
+                Arc::downgrade(self),
+                pool.clone(),
+                rx,
+            ));
+            tx
+        });
+        // Full (the broker is slow or away): the relay's pass publishes it, and logs that it did.
+        let _ = pending.try_send(message);
+    }
+
+    async fn publish_pending(
+        publisher: Weak<Self>,
+        pool: PgPool,
+        mut rx: mpsc::Receiver<OutboxMessage>,
+    ) {
+        let mut round = Vec::with_capacity(ROUND);
+        while rx.recv_many(&mut round, ROUND).await > 0 {
+            let Some(publisher) = publisher.upgrade() else {
+                return;
+            };
+            publisher.publish_outbox(&pool, &round).await;
+            round.clear();
         }
     }
 
@@ -78,26 +124,49 @@ impl Publisher {
         headers: FieldTable,
     ) -> anyhow::Result<()> {
         let ch = self.channel().await?;
+        let confirm = self
+            .send(&ch, routing_key, message_id, payload, headers)
+            .await;
+        self.settle(routing_key, confirm).await
+    }
+
+    /// Hands one message to the channel; the confirm arrives later.
+    async fn send(
+        &self,
+        ch: &Channel,
+        routing_key: &str,
+        message_id: &str,
+        payload: &[u8],
+        headers: FieldTable,
+    ) -> anyhow::Result<PublisherConfirm> {
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_message_id(message_id.into())
             .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64)
             .with_headers(headers);
+        Ok(ch
+            .basic_publish(
+                self.topology.exchange().into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                payload,
+                props,
+            )
+            .await?)
+    }
+
+    /// Waits for a sent message's confirm; `Ok` only for a routed, acknowledged message.
+    async fn settle(
+        &self,
+        routing_key: &str,
+        confirm: anyhow::Result<PublisherConfirm>,
+    ) -> anyhow::Result<()> {
         let result = async {
-            let confirm = ch
-                .basic_publish(
-                    self.topology.exchange().into(),
-                    routing_key.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    payload,
-                    props,
-                )
-                .await?;
-            tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+            tokio::time::timeout(CONFIRM_TIMEOUT, confirm?)
                 .await
                 .map_err(|_| anyhow!("no publisher confirm within {CONFIRM_TIMEOUT:?}"))?
                 .map_err(anyhow::Error::from)
@@ -118,26 +187,54 @@ impl Publisher {
         }
     }
 
-    /// Publishes outbox messages and deletes the confirmed ones. Returns how many were
-    /// published; the rest stay in the outbox for the relay.
-    pub async fn publish_outbox(&self, pool: &PgPool, messages: &[OutboxMessage]) -> usize {
-        let mut done = Vec::with_capacity(messages.len());
+    /// Publishes messages with pipelined confirms: all are handed to the channel first, then
+    /// the confirms are awaited, so N messages cost about one broker round trip (a quorum
+    /// queue confirms only after its log is synced to disk), not N. Returns, in order, whether
+    /// each was confirmed.
+    pub async fn publish_many(&self, messages: &[OutboxMessage]) -> Vec<anyhow::Result<()>> {
+        let ch = match self.channel().await {
+            Ok(ch) => ch,
+            Err(e) => {
+                let reason = format!("{e:#}");
+                return messages.iter().map(|_| Err(anyhow!("{reason}"))).collect();
+            }
+        };
+        let mut confirms = Vec::with_capacity(messages.len());
         for m in messages {
-            match self
-                .publish(
+            confirms.push(
+                self.send(
+                    &ch,
                     &m.routing_key,
                     &m.message_id,
                     &m.payload,
                     FieldTable::default(),
                 )
-                .await
-            {
+                .await,
+            );
+        }
+        let mut results = Vec::with_capacity(messages.len());
+        for (m, confirm) in messages.iter().zip(confirms) {
+            results.push(self.settle(&m.routing_key, confirm).await);
+        }
+        results
+    }
+
+    /// Publishes outbox messages (confirms pipelined) and deletes the confirmed ones in one
+    /// statement. Returns how many were published; the rest stay in the outbox for the relay.
+    pub async fn publish_outbox(&self, pool: &PgPool, messages: &[OutboxMessage]) -> usize {
+        if messages.is_empty() {
+            return 0;
+        }
+        let mut done = Vec::with_capacity(messages.len());
+        let mut failure = None;
+        for (m, result) in messages.iter().zip(self.publish_many(messages).await) {
+            match result {
                 Ok(()) => done.push(m.id),
-                Err(e) => {
-                    tracing::warn!(error = %e, "publish failed; the outbox relay will retry");
-                    break;
-                }
+                Err(e) => failure = Some(e),
             }
+        }
+        if let Some(e) = failure {
+            tracing::warn!(error = %e, "publish failed; the outbox relay will retry");
         }
         if !done.is_empty() {
             if let Err(e) = outbox::delete(pool, &done).await {

@@ -33,12 +33,37 @@ pub async fn insert(
     })
 }
 
+/// Deletes published messages. A relaxed commit (see [`super::begin_relaxed`]): lost in a
+/// crash, the rows are published again by the relay, a duplicate that consumers absorb.
+/// Inserts several messages of one routing key in one statement (one round trip, not one
+/// per message: planning a request inserts one per bot).
+pub async fn insert_many(
+    tx: &mut Transaction<'_, Postgres>,
+    routing_key: &str,
+    messages: &[(String, Vec<u8>)],
+) -> Result<Vec<OutboxMessage>, sqlx::Error> {
+    let ids: Vec<&str> = messages.iter().map(|(id, _)| id.as_str()).collect();
+    let payloads: Vec<&[u8]> = messages.iter().map(|(_, p)| p.as_slice()).collect();
+    sqlx::query_as(
+        "INSERT INTO erasure.outbox (routing_key, message_id, payload)
+         SELECT $1, m.id, m.payload FROM unnest($2::text[], $3::bytea[]) WITH ORDINALITY AS m(id, payload, ord)
+          ORDER BY m.ord
+         RETURNING id, routing_key, message_id, payload",
+    )
+    .bind(routing_key)
+    .bind(&ids)
+    .bind(&payloads)
+    .fetch_all(&mut **tx)
+    .await
+}
+
 pub async fn delete(pool: &PgPool, ids: &[i64]) -> Result<(), sqlx::Error> {
+    let mut tx = super::begin_relaxed(pool).await?;
     sqlx::query("DELETE FROM erasure.outbox WHERE id = ANY($1)")
         .bind(ids)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
-    Ok(())
+    tx.commit().await
 }
 
 /// Claims messages older than `min_age_ms` (younger ones are still being published by the

@@ -69,19 +69,80 @@ pub async fn insert(
     Ok(inserted)
 }
 
-async fn insert_users(
-    tx: &mut Transaction<'_, Postgres>,
-    id: &RequestId,
-    users: &[UserEntry],
-) -> Result<(), sqlx::Error> {
-    let refs: Vec<String> = users.iter().map(UserEntry::user_ref).collect();
-    let kinds: Vec<&str> = users
+/// Records a new request, its users and its outbox message in ONE statement, hence one
+/// round trip and one commit (the intake's hot path; [`insert`] plus
+/// [`super::outbox::insert`] in a transaction cost five round trips). Atomic like the
+/// transaction it replaces: either all three are recorded or none. `None` when a request with
+/// this id already exists (then nothing is written).
+pub async fn insert_with_outbox(
+    pool: &PgPool,
+    r: &NewRequest<'_>,
+    routing_key: &str,
+    payload: &[u8],
+) -> Result<Option<super::outbox::OutboxMessage>, sqlx::Error> {
+    let (refs, kinds) = user_columns(&r.request.user_ids);
+    let id: Option<i64> = sqlx::query_scalar(
+        "WITH r AS (
+            INSERT INTO erasure.requests
+                 (request_id, account_id, requested_by, source, client_addr, remove_data_from_all_bots,
+                  bot_ids, users_total, idempotency_key, body_digest, requested_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT (request_id) DO NOTHING
+             RETURNING request_id),
+          u AS (
+            INSERT INTO erasure.request_users (request_id, position, user_ref, kind)
+             SELECT r.request_id, t.ord - 1, t.ref, t.kind
+               FROM r, unnest($12::text[], $13::text[]) WITH ORDINALITY AS t(ref, kind, ord)),
+          o AS (
+            INSERT INTO erasure.outbox (routing_key, message_id, payload)
+             SELECT $14, r.request_id, $15 FROM r
+             RETURNING id)
+         SELECT id FROM o",
+    )
+    .bind(r.request_id)
+    .bind(r.account_id)
+    .bind(r.requested_by)
+    .bind(r.source.as_str())
+    .bind(&r.client_addr)
+    .bind(r.request.remove_data_from_all_bots)
+    .bind(&r.request.bot_ids)
+    .bind(r.request.user_ids.len() as i32)
+    .bind(r.idempotency_key)
+    .bind(&r.body_digest)
+    .bind(r.requested_at)
+    .bind(&refs)
+    .bind(&kinds)
+    .bind(routing_key)
+    .bind(payload)
+    .fetch_optional(pool)
+    .await?;
+    Ok(id.map(|id| super::outbox::OutboxMessage {
+        id,
+        routing_key: routing_key.into(),
+        message_id: r.request_id.to_string(),
+        payload: payload.to_vec(),
+    }))
+}
+
+/// The `user_ref` and `kind` columns of a request's users, in order.
+fn user_columns(users: &[UserEntry]) -> (Vec<String>, Vec<&'static str>) {
+    let refs = users.iter().map(UserEntry::user_ref).collect();
+    let kinds = users
         .iter()
         .map(|u| match u {
             UserEntry::Id(_) => "id",
             UserEntry::Channel { .. } => "channel",
         })
         .collect();
+    (refs, kinds)
+}
+
+async fn insert_users(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &RequestId,
+    users: &[UserEntry],
+) -> Result<(), sqlx::Error> {
+    let (refs, kinds) = user_columns(users);
     sqlx::query(
         "INSERT INTO erasure.request_users (request_id, position, user_ref, kind)
          SELECT $1, t.ord - 1, t.ref, t.kind

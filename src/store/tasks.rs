@@ -29,12 +29,15 @@ pub struct TaskRow {
     pub erase_user_ids: Vec<String>,
 }
 
+/// Reads the task and stamps its start. A relaxed commit (see [`super::begin_relaxed`]): the
+/// stamp is informational, and a lost one is set again by the next delivery.
 pub async fn load(
     pool: &PgPool,
     id: &RequestId,
     bot_id: &str,
 ) -> Result<Option<TaskRow>, sqlx::Error> {
-    sqlx::query_as(
+    let mut tx = super::begin_relaxed(pool).await?;
+    let row = sqlx::query_as(
         "UPDATE erasure.tasks t SET started_at = COALESCE(t.started_at, now())
            FROM erasure.requests r
           WHERE t.request_id = $1 AND t.bot_id = $2 AND r.request_id = t.request_id
@@ -42,8 +45,10 @@ pub async fn load(
     )
     .bind(id)
     .bind(bot_id)
-    .fetch_optional(pool)
-    .await
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(row)
 }
 
 /// Marks the task done unless it already is; `true` when this call did it, so that it is

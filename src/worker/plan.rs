@@ -251,17 +251,19 @@ async fn plan(ctx: &Ctx, msg: &EraseMessage) -> Result<Vec<OutboxMessage>, PlanE
         return Ok(Vec::new());
     }
     tasks::insert(&mut tx, &msg.request_id, &bots).await?;
-    let mut messages = Vec::with_capacity(bots.len());
-    for bot in &bots {
-        let task = TaskMessage {
-            version: 1,
-            request_id: msg.request_id.clone(),
-            bot_id: bot.clone(),
-            slice: 0,
-        };
-        let id = format!("{}/{}/0", msg.request_id, bot);
-        messages.push(outbox::insert(&mut tx, TASK_ROUTING_KEY, &id, &task.to_json()).await?);
-    }
+    let queued: Vec<(String, Vec<u8>)> = bots
+        .iter()
+        .map(|bot| {
+            let task = TaskMessage {
+                version: 1,
+                request_id: msg.request_id.clone(),
+                bot_id: bot.clone(),
+                slice: 0,
+            };
+            (format!("{}/{}/0", msg.request_id, bot), task.to_json())
+        })
+        .collect();
+    let messages = outbox::insert_many(&mut tx, TASK_ROUTING_KEY, &queued).await?;
     requests::mark_planned(&mut tx, &msg.request_id, &erase, bots.len() as i32).await?;
     tx.commit().await?;
     metrics::counter!("erasure_tasks_planned_total").increment(bots.len() as u64);

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     contract::{TASK_ROUTING_KEY, TaskMessage},
-    erase::Store,
+    erase::{self, Store},
     queue::consumer::{Handler, Outcome},
     retry,
     store::{self, outbox, requests, tasks},
@@ -162,37 +162,60 @@ pub async fn run(
     let limit = ctx.config.batch_size;
     let mut budget = ctx.config.batches_per_slice;
     let mut deleted = 0;
-    // One pass over the stores, each batch by batch until a batch saw fewer candidates than
-    // its limit: that batch proved the store drained, so no further check is needed.
-    let drained = 'work: {
-        for store in Store::ALL {
-            loop {
-                if budget == 0 || stop.is_cancelled() {
-                    break 'work false;
-                }
-                budget -= 1;
-                if !ctx.throttle.reserve(&ctx.pool, limit as u64, stop).await? {
-                    break 'work false;
-                }
-                let started = Instant::now();
-                let batch = retry::db("delete_batch", || {
-                    store.delete_batch(&ctx.pool, &msg.request_id, &msg.bot_id, users, limit)
-                })
-                .await?;
-                metrics::histogram!("erasure_delete_batch_seconds", "store" => store.name())
-                    .record(started.elapsed().as_secs_f64());
-                metrics::counter!("erasure_rows_deleted_total", "store" => store.name())
-                    .increment(batch.deleted);
-                ctx.throttle
-                    .refund(&ctx.pool, (limit as u64).saturating_sub(batch.deleted))
-                    .await?;
-                deleted += batch.deleted;
-                if batch.drained {
-                    break;
-                }
-            }
+    // Rounds of one statement deleting a batch from every store not yet drained, until each
+    // store has had a batch that saw fewer candidates than its limit: that batch proved it
+    // drained, so no further check is needed.
+    let mut drained_stores = [false; 3];
+    let drained = loop {
+        if drained_stores.iter().all(|d| *d) {
+            break true;
         }
-        true
+        if budget == 0 || stop.is_cancelled() {
+            break false;
+        }
+        budget -= 1;
+        // The batch size bounds the statement: it is shared among the stores still to drain
+        // (a store that drains early leaves the next rounds to the others). So a statement
+        // never deletes more than one batch, and under a ceiling what a round reserves is
+        // one batch, as it was with one statement per store.
+        let active = drained_stores.iter().filter(|d| !**d).count() as i64;
+        let store_limit = (limit + active - 1) / active;
+        let limits = drained_stores.map(|d| if d { 0 } else { store_limit });
+        let reserved: i64 = limits.iter().sum();
+        if !ctx
+            .throttle
+            .reserve(&ctx.pool, reserved as u64, stop)
+            .await?
+        {
+            break false;
+        }
+        let started = Instant::now();
+        let batches = retry::db("delete_batch", || {
+            erase::delete_batches(&ctx.pool, &msg.request_id, &msg.bot_id, users, limits)
+        })
+        .await?;
+        let took = started.elapsed().as_secs_f64();
+        let mut round = 0;
+        for (((store, batch), done), store_limit) in Store::ALL
+            .iter()
+            .zip(batches)
+            .zip(&mut drained_stores)
+            .zip(limits)
+        {
+            if store_limit > 0 {
+                // The statement's duration is each of its batches' lock time.
+                metrics::histogram!("erasure_delete_batch_seconds", "store" => store.name())
+                    .record(took);
+            }
+            metrics::counter!("erasure_rows_deleted_total", "store" => store.name())
+                .increment(batch.deleted);
+            round += batch.deleted;
+            *done |= batch.drained;
+        }
+        ctx.throttle
+            .refund(&ctx.pool, (reserved as u64).saturating_sub(round))
+            .await?;
+        deleted += round;
     };
     // Which delivery deleted what: evidence when a task ran in two places at once.
     tracing::debug!(rows = deleted, drained, "slice worked");

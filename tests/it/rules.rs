@@ -304,7 +304,7 @@ async fn many_users_across_bots_are_erased_in_bounded_batches() {
     // Batches far smaller than the data force many statements and several continuations.
     let env = TestEnv::with_vars(&[
         ("ERASURE_BATCH_SIZE", "7"),
-        ("ERASURE_BATCHES_PER_SLICE", "3"),
+        ("ERASURE_BATCHES_PER_SLICE", "2"),
     ])
     .await;
     let bots = env.account("acct-a", 2).await;
