@@ -955,9 +955,10 @@ async fn cleanup(opts: &Options) {
         }
         let _ = conn.close(200, "bye".into()).await;
     }
-    if opts.own_database && !opts.keep {
-        if let Err(e) = store::drop_database(&opts.database_url).await {
-            tracing::warn!(error = %e, "could not drop the bench database");
-        }
+    if opts.own_database
+        && !opts.keep
+        && let Err(e) = store::drop_database(&opts.database_url).await
+    {
+        tracing::warn!(error = %e, "could not drop the bench database");
     }
 }

@@ -88,10 +88,11 @@ impl Publisher {
     /// A usable confirming channel, (re)connecting and declaring the topology when needed.
     async fn channel(&self) -> anyhow::Result<Channel> {
         let mut state = self.state.lock().await;
-        if let Some((conn, ch)) = state.as_ref() {
-            if conn.status().connected() && ch.status().connected() {
-                return Ok(ch.clone());
-            }
+        if let Some((conn, ch)) = state.as_ref()
+            && conn.status().connected()
+            && ch.status().connected()
+        {
+            return Ok(ch.clone());
         }
         if let Some((conn, _)) = state.take() {
             let _ = conn.close(200, "reconnecting".into()).await;
@@ -236,11 +237,11 @@ impl Publisher {
         if let Some(e) = failure {
             tracing::warn!(error = %e, "publish failed; the outbox relay will retry");
         }
-        if !done.is_empty() {
-            if let Err(e) = outbox::delete(pool, &done).await {
-                // The relay would publish them again: a duplicate, which consumers absorb.
-                tracing::warn!(error = %crate::store::describe(&e), "could not clear published outbox rows");
-            }
+        // On failure the relay publishes them again: a duplicate, which consumers absorb.
+        if !done.is_empty()
+            && let Err(e) = outbox::delete(pool, &done).await
+        {
+            tracing::warn!(error = %crate::store::describe(&e), "could not clear published outbox rows");
         }
         done.len()
     }

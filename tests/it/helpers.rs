@@ -215,10 +215,10 @@ impl TestEnv {
     pub async fn wait_settled(&self, request_id: &str, timeout: Duration) -> String {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(s) = self.request_status(request_id).await {
-                if s != "in-progress" {
-                    return s;
-                }
+            if let Some(s) = self.request_status(request_id).await
+                && s != "in-progress"
+            {
+                return s;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,

@@ -50,10 +50,10 @@ fn validate(doc: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String>
         }
         return errors;
     }
-    if let Some(allowed) = schema["enum"].as_array() {
-        if !allowed.contains(value) {
-            fail(format!("{value} is not one of {allowed:?}"));
-        }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        fail(format!("{value} is not one of {allowed:?}"));
     }
     let typed = match schema["type"].as_str() {
         None => true,
@@ -90,10 +90,10 @@ fn validate(doc: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String>
             fail(format!("{s:?} is longer than maxLength"));
         }
     }
-    if let (Some(n), Some(min)) = (value.as_f64(), schema["minimum"].as_f64()) {
-        if n < min {
-            fail(format!("{n} is below the minimum {min}"));
-        }
+    if let (Some(n), Some(min)) = (value.as_f64(), schema["minimum"].as_f64())
+        && n < min
+    {
+        fail(format!("{n} is below the minimum {min}"));
     }
     if let Some(items) = value.as_array() {
         if schema["minItems"]
