@@ -36,52 +36,10 @@ pub struct NewRequest<'a> {
     pub requested_at: Option<DateTime<Utc>>,
 }
 
-/// Inserts the request and its users; `false` when a request with this id already exists.
-pub async fn insert(
-    tx: &mut Transaction<'_, Postgres>,
-    r: &NewRequest<'_>,
-) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query(
-        "INSERT INTO erasure.requests
-             (request_id, account_id, requested_by, source, client_addr, remove_data_from_all_bots,
-              bot_ids, users_total, idempotency_key, body_digest, requested_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-         ON CONFLICT (request_id) DO NOTHING",
-    )
-    .bind(r.request_id)
-    .bind(r.account_id)
-    .bind(r.requested_by)
-    .bind(r.source.as_str())
-    .bind(&r.client_addr)
-    .bind(r.request.remove_data_from_all_bots)
-    .bind(&r.request.bot_ids)
-    .bind(r.request.user_ids.len() as i32)
-    .bind(r.idempotency_key)
-    .bind(&r.body_digest)
-    .bind(r.requested_at)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if inserted {
-        insert_users(tx, r.request_id, &r.request.user_ids).await?;
-    }
-    Ok(inserted)
-}
-
-/// Records a new request, its users and its outbox message in ONE statement, hence one
-/// round trip and one commit (the intake's hot path; [`insert`] plus
-/// [`super::outbox::insert`] in a transaction cost five round trips). Atomic like the
-/// transaction it replaces: either all three are recorded or none. `None` when a request with
-/// this id already exists (then nothing is written).
-pub async fn insert_with_outbox(
-    pool: &PgPool,
-    r: &NewRequest<'_>,
-    routing_key: &str,
-    payload: &[u8],
-) -> Result<Option<super::outbox::OutboxMessage>, sqlx::Error> {
-    let (refs, kinds) = user_columns(&r.request.user_ids);
-    let id: Option<i64> = sqlx::query_scalar(
+/// The request and its users, inserted together (`r`, `u`), nothing when the id exists.
+/// Parameters: $1–$11 the request's columns, $12/$13 the users' refs and kinds.
+macro_rules! insert_request_sql {
+    () => {
         "WITH r AS (
             INSERT INTO erasure.requests
                  (request_id, account_id, requested_by, source, client_addr, remove_data_from_all_bots,
@@ -92,26 +50,73 @@ pub async fn insert_with_outbox(
           u AS (
             INSERT INTO erasure.request_users (request_id, position, user_ref, kind)
              SELECT r.request_id, t.ord - 1, t.ref, t.kind
-               FROM r, unnest($12::text[], $13::text[]) WITH ORDINALITY AS t(ref, kind, ord)),
-          o AS (
-            INSERT INTO erasure.outbox (routing_key, message_id, payload)
-             SELECT $14, r.request_id, $15 FROM r
-             RETURNING id)
-         SELECT id FROM o",
+               FROM r, unnest($12::text[], $13::text[]) WITH ORDINALITY AS t(ref, kind, ord))"
+    };
+}
+
+type ScalarQuery<'q, O> = sqlx::query::QueryScalar<'q, Postgres, O, sqlx::postgres::PgArguments>;
+
+/// Binds $1–$13 of [`insert_request_sql`].
+fn bind_request<'q, O>(
+    q: ScalarQuery<'q, O>,
+    r: &'q NewRequest<'_>,
+    users: &'q UserColumns,
+) -> ScalarQuery<'q, O> {
+    q.bind(r.request_id)
+        .bind(r.account_id)
+        .bind(r.requested_by)
+        .bind(r.source.as_str())
+        .bind(&r.client_addr)
+        .bind(r.request.remove_data_from_all_bots)
+        .bind(&r.request.bot_ids)
+        .bind(r.request.user_ids.len() as i32)
+        .bind(r.idempotency_key)
+        .bind(&r.body_digest)
+        .bind(r.requested_at)
+        .bind(&users.0)
+        .bind(&users.1)
+}
+
+/// Inserts the request and its users in one statement; `false` when a request with this id
+/// already exists (then nothing is written).
+pub async fn insert(
+    tx: &mut Transaction<'_, Postgres>,
+    r: &NewRequest<'_>,
+) -> Result<bool, sqlx::Error> {
+    let users = user_columns(&r.request.user_ids);
+    let inserted: i64 = bind_request(
+        sqlx::query_scalar(concat!(insert_request_sql!(), " SELECT count(*) FROM r")),
+        r,
+        &users,
     )
-    .bind(r.request_id)
-    .bind(r.account_id)
-    .bind(r.requested_by)
-    .bind(r.source.as_str())
-    .bind(&r.client_addr)
-    .bind(r.request.remove_data_from_all_bots)
-    .bind(&r.request.bot_ids)
-    .bind(r.request.user_ids.len() as i32)
-    .bind(r.idempotency_key)
-    .bind(&r.body_digest)
-    .bind(r.requested_at)
-    .bind(&refs)
-    .bind(&kinds)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(inserted == 1)
+}
+
+/// Records a new request, its users and its outbox message in ONE statement, hence one
+/// round trip and one commit (the intake's hot path). Atomic like a transaction: either all
+/// three are recorded or none. `None` when a request with this id already exists (then
+/// nothing is written).
+pub async fn insert_with_outbox(
+    pool: &PgPool,
+    r: &NewRequest<'_>,
+    routing_key: &str,
+    payload: &[u8],
+) -> Result<Option<super::outbox::OutboxMessage>, sqlx::Error> {
+    let users = user_columns(&r.request.user_ids);
+    let id: Option<i64> = bind_request(
+        sqlx::query_scalar(concat!(
+            insert_request_sql!(),
+            ", o AS (
+                INSERT INTO erasure.outbox (routing_key, message_id, payload)
+                 SELECT $14, r.request_id, $15 FROM r
+                 RETURNING id)
+             SELECT id FROM o"
+        )),
+        r,
+        &users,
+    )
     .bind(routing_key)
     .bind(payload)
     .fetch_optional(pool)
@@ -125,7 +130,9 @@ pub async fn insert_with_outbox(
 }
 
 /// The `user_ref` and `kind` columns of a request's users, in order.
-fn user_columns(users: &[UserEntry]) -> (Vec<String>, Vec<&'static str>) {
+type UserColumns = (Vec<String>, Vec<&'static str>);
+
+fn user_columns(users: &[UserEntry]) -> UserColumns {
     let refs = users.iter().map(UserEntry::user_ref).collect();
     let kinds = users
         .iter()
@@ -135,25 +142,6 @@ fn user_columns(users: &[UserEntry]) -> (Vec<String>, Vec<&'static str>) {
         })
         .collect();
     (refs, kinds)
-}
-
-async fn insert_users(
-    tx: &mut Transaction<'_, Postgres>,
-    id: &RequestId,
-    users: &[UserEntry],
-) -> Result<(), sqlx::Error> {
-    let (refs, kinds) = user_columns(users);
-    sqlx::query(
-        "INSERT INTO erasure.request_users (request_id, position, user_ref, kind)
-         SELECT $1, t.ord - 1, t.ref, t.kind
-           FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS t(ref, kind, ord)",
-    )
-    .bind(id)
-    .bind(&refs)
-    .bind(&kinds)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// The first answer to an `Idempotency-Key`: its request id and the digest of its body.
