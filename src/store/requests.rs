@@ -1,5 +1,7 @@
 //! Requests and their users: recording, planning, settling, and the status document.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
@@ -246,27 +248,83 @@ pub async fn protected_users(
     .await
 }
 
-/// Records one entry's outcome of planning.
-pub async fn set_user_outcome(
-    tx: &mut Transaction<'_, Postgres>,
+/// The strongest of several rejection reasons comes first: owner before member, account
+/// before bot.
+pub fn rejection_rank(reason: &str) -> u8 {
+    match reason {
+        "account_owner" => 1,
+        "account_member" => 2,
+        "bot_owner" => 3,
+        _ => 4,
+    }
+}
+
+/// Re-applies the rules of erasure to the users still to erase: an entry whose user has
+/// become protected since planning (joined an account, became a bot's owner or co-developer)
+/// is rejected with the reason, and its users leave the request's erase set. Returns the users
+/// still to erase. Tasks call it at every slice, so a user protected meanwhile loses nothing
+/// more than was already erased.
+pub async fn reject_newly_protected(
+    pool: &PgPool,
     id: &RequestId,
-    position: i32,
-    status: &str,
-    reason: Option<&str>,
-    resolved: &[String],
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE erasure.request_users SET status = $3, reason = $4, resolved_user_ids = $5
-          WHERE request_id = $1 AND position = $2",
+    erase_user_ids: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let protected: HashMap<String, String> = protected_users(&mut tx, erase_user_ids)
+        .await?
+        .into_iter()
+        .collect();
+    if protected.is_empty() {
+        return Ok(erase_user_ids.to_vec());
+    }
+    // Tasks of the same request agree on one outcome: they take turns on the request's row.
+    sqlx::query("SELECT 1 FROM erasure.requests WHERE request_id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let hit: Vec<&String> = protected.keys().collect();
+    let entries: Vec<(i32, Vec<String>)> = sqlx::query_as(
+        "SELECT position, resolved_user_ids FROM erasure.request_users
+          WHERE request_id = $1 AND status = 'IN_PROGRESS' AND resolved_user_ids && $2",
     )
     .bind(id)
-    .bind(position)
-    .bind(status)
-    .bind(reason)
-    .bind(resolved)
-    .execute(&mut **tx)
+    .bind(&hit)
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(())
+    for (position, users) in &entries {
+        let reason = users
+            .iter()
+            .filter_map(|u| protected.get(u))
+            .min_by_key(|r| rejection_rank(r));
+        sqlx::query(
+            "UPDATE erasure.request_users SET status = 'REJECTED', reason = $3
+              WHERE request_id = $1 AND position = $2",
+        )
+        .bind(id)
+        .bind(position)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let remaining: Vec<String> = sqlx::query_scalar(
+        "UPDATE erasure.requests r
+            SET erase_user_ids = ARRAY(SELECT DISTINCT unnest(u.resolved_user_ids)
+                                         FROM erasure.request_users u
+                                        WHERE u.request_id = r.request_id AND u.status = 'IN_PROGRESS'),
+                updated_at = now()
+          WHERE request_id = $1 RETURNING erase_user_ids",
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    if !entries.is_empty() {
+        tracing::warn!(
+            entries = entries.len(),
+            "users became protected after planning; they are rejected"
+        );
+    }
+    Ok(remaining)
 }
 
 /// Marks the request planned with its users to erase and its number of tasks.

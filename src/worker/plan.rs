@@ -136,16 +136,6 @@ impl Probe {
     }
 }
 
-/// The strongest of several rejection reasons.
-fn rank(reason: &str) -> u8 {
-    match reason {
-        "account_owner" => 1,
-        "account_member" => 2,
-        "bot_owner" => 3,
-        _ => 4,
-    }
-}
-
 async fn plan(ctx: &Ctx, msg: &EraseMessage) -> Result<Vec<OutboxMessage>, PlanError> {
     let mut tx = ctx.pool.begin().await?;
     let new = NewRequest {
@@ -228,7 +218,7 @@ async fn plan(ctx: &Ctx, msg: &EraseMessage) -> Result<Vec<OutboxMessage>, PlanE
             .user_ids
             .iter()
             .filter_map(|u| protected.get(u))
-            .min_by_key(|r| rank(r))
+            .min_by_key(|r| requests::rejection_rank(r))
             .cloned();
         match reason {
             Some(r) => outcomes.push((e.position, "REJECTED", Some(r), e.user_ids.clone())),

@@ -158,7 +158,11 @@ pub async fn run(
     if task.slice == 0 && msg.slice == 0 {
         metrics::counter!("erasure_tasks_started_total").increment(1);
     }
-    let users = &task.erase_user_ids;
+    // The rules are applied again: a user may have become protected since planning.
+    let users = &retry::db("recheck_protection", || {
+        requests::reject_newly_protected(&ctx.pool, &msg.request_id, &task.erase_user_ids)
+    })
+    .await?;
     let limit = ctx.config.batch_size;
     let mut budget = ctx.config.batches_per_slice;
     let mut deleted = 0;

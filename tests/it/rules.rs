@@ -346,3 +346,72 @@ async fn many_users_across_bots_are_erased_in_bounded_batches() {
     );
     svc.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_user_who_becomes_protected_mid_erasure_is_rejected_and_keeps_the_rest() {
+    // Slow, small slices: the rules are applied again at every slice.
+    let env = TestEnv::with_vars(&[
+        ("ERASURE_BATCH_SIZE", "30"),
+        ("ERASURE_BATCHES_PER_SLICE", "1"),
+        ("ERASURE_MAX_ROWS_PER_SECOND", "300"),
+    ])
+    .await;
+    let bots = env.account("acct-a", 2).await;
+    for u in ["u-turncoat", "u-plain"] {
+        env.user(u, None, None).await;
+    }
+    for b in &bots {
+        env.rows("u-turncoat", b, 200).await;
+        env.rows("u-plain", b, 3).await;
+    }
+    let (_, _, token) = env.app("acct-a", &["delete_users_data"]).await;
+    let svc = env.start(Role::All).await;
+    let api = Api::new(&svc);
+    let (_, body) = api
+        .erase(
+            &token,
+            &json!({"userIds": ["u-turncoat", "u-plain"], "botIds": bots}),
+        )
+        .await;
+    let id = body["requestId"].as_str().unwrap();
+    // Once work has begun, the user becomes a co-developer of a bot.
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let deleted: i64 = sqlx::query_scalar(
+            "SELECT rows_deleted FROM erasure.request_status WHERE request_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&env.pool)
+        .await
+        .unwrap()
+        .unwrap_or(0);
+        if deleted > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "erasure did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::query("INSERT INTO platform.bot_collaborators (bot_id, user_id, role) VALUES ($1, 'u-turncoat', 'co_developer')")
+        .bind(&bots[1])
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(env.wait_settled(id, SETTLE).await, "completed");
+    let outcomes = env.user_outcomes(id).await;
+    assert_eq!(outcomes[0].1, "REJECTED");
+    assert_eq!(outcomes[0].2.as_deref(), Some("bot_co_developer"));
+    assert_eq!(outcomes[1].1, "SUCCESS");
+    let kept: i64 =
+        env.count_rows("u-turncoat", &bots[0]).await + env.count_rows("u-turncoat", &bots[1]).await;
+    assert!(
+        kept > 0,
+        "the rest of a newly protected user's data is kept"
+    );
+    for b in &bots {
+        assert_eq!(env.count_rows("u-plain", b).await, 0);
+    }
+    svc.shutdown().await;
+}
