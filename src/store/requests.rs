@@ -394,18 +394,25 @@ pub async fn settle(
 }
 
 /// Marks the request failed with a non-PII reason; users still in progress fail with it.
+/// Returns `true` when this call moved the request from `in-progress` to `failed` (a request
+/// already failed only takes the newer reason), so that it is counted once.
 pub async fn mark_failed(
     tx: &mut Transaction<'_, Postgres>,
     id: &RequestId,
     reason: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE erasure.requests SET status = 'failed', failure_reason = $2, completed_at = now(), updated_at = now()
-          WHERE request_id = $1 AND status IN ('in-progress', 'failed')",
+) -> Result<bool, sqlx::Error> {
+    let was: Option<String> = sqlx::query_scalar(
+        "WITH prev AS (SELECT status FROM erasure.requests WHERE request_id = $1 FOR UPDATE)
+         UPDATE erasure.requests r
+            SET status = 'failed', failure_reason = $2, updated_at = now(),
+                completed_at = CASE WHEN prev.status = 'failed' THEN r.completed_at ELSE now() END
+           FROM prev
+          WHERE r.request_id = $1 AND prev.status IN ('in-progress', 'failed')
+         RETURNING prev.status",
     )
     .bind(id)
     .bind(reason)
-    .execute(&mut **tx)
+    .fetch_optional(&mut **tx)
     .await?;
     sqlx::query(
         "UPDATE erasure.request_users SET status = 'FAILED', reason = $2
@@ -415,7 +422,26 @@ pub async fn mark_failed(
     .bind(reason)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    Ok(was.as_deref() == Some("in-progress"))
+}
+
+/// Whether a refused erase message may fail the request it names: only a request of the
+/// same account (when the message names one) that was not planned yet. A malformed duplicate
+/// must not fail a request already under way, nor one of another account.
+pub async fn refusable_by_message(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &RequestId,
+    account_id: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT NOT planned AND ($2::text IS NULL OR account_id = $2)
+           FROM erasure.requests WHERE request_id = $1",
+    )
+    .bind(id)
+    .bind(account_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map(|v| v.unwrap_or(false))
 }
 
 /// Puts a failed request back in progress for a redrive: it resumes where it stopped.

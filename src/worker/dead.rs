@@ -39,33 +39,43 @@ pub async fn dead_letter(
         Subject::Request { request_id, .. } => request_id.map(|r| r.as_str().to_string()),
         Subject::Task { request_id, .. } => Some(request_id.as_str().to_string()),
     };
+    // Whether this call settled the request as failed (counted once in the metrics).
     let recorded = retry::db("record_dead_letter", || async {
         let mut tx = ctx.pool.begin().await?;
         dead_letters::record(&mut tx, request_id.as_deref(), routing_key, reason, payload).await?;
-        match &subject {
+        let settled = match &subject {
             Subject::Request {
                 request_id: Some(id),
                 account_id,
             } => {
-                insert_failed_request(&mut tx, id, account_id.unwrap_or(""), reason).await?;
-                requests::mark_failed(&mut tx, id, reason).await?;
+                if insert_failed_request(&mut tx, id, account_id.unwrap_or(""), reason).await? {
+                    true
+                } else if requests::refusable_by_message(&mut tx, id, *account_id).await? {
+                    requests::mark_failed(&mut tx, id, reason).await?
+                } else {
+                    false
+                }
             }
             Subject::Request {
                 request_id: None, ..
-            } => {}
+            } => false,
             Subject::Task { request_id, bot_id } => {
                 tasks::mark_failed(&mut tx, request_id, bot_id, reason).await?;
-                requests::mark_failed(&mut tx, request_id, reason).await?;
+                requests::mark_failed(&mut tx, request_id, reason).await?
             }
-        }
-        tx.commit().await
+        };
+        tx.commit().await?;
+        Ok(settled)
     })
     .await;
     let message_id = request_id.clone().unwrap_or_else(|| "unidentified".into());
-    if let Err(e) = recorded {
-        tracing::error!(error = %store::describe(&e), "could not record a dead letter; retrying later");
-        return ctx.retry_later(routing_key, &message_id, payload).await;
-    }
+    let settled = match recorded {
+        Ok(settled) => settled,
+        Err(e) => {
+            tracing::error!(error = %store::describe(&e), "could not record a dead letter; retrying later");
+            return ctx.retry_later(routing_key, &message_id, payload).await;
+        }
+    };
     let mut headers = FieldTable::default();
     headers.insert(
         "x-erasure-reason".into(),
@@ -95,7 +105,7 @@ pub async fn dead_letter(
         "request"
     };
     metrics::counter!("erasure_dead_lettered_total", "kind" => kind).increment(1);
-    if let Some(id) = request_id.as_deref().and_then(RequestId::parse) {
+    if settled && let Some(id) = request_id.as_deref().and_then(RequestId::parse) {
         crate::telemetry::record_settled(&ctx.pool, &id, "failed").await;
     }
     tracing::warn!(
@@ -106,13 +116,14 @@ pub async fn dead_letter(
     Outcome::Ack
 }
 
-/// A producer's message that names a request id unknown here still leaves a visible record.
+/// A producer's message that names a request id unknown here still leaves a visible record;
+/// `true` when this call created it (the request is then settled as failed).
 async fn insert_failed_request(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     id: &RequestId,
     account_id: &str,
     reason: &str,
-) -> Result<(), sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     sqlx::query(
         "INSERT INTO erasure.requests (request_id, account_id, requested_by, source, status, failure_reason, completed_at)
          VALUES ($1, $2, '', 'queue', 'failed', $3, now())
@@ -122,6 +133,6 @@ async fn insert_failed_request(
     .bind(account_id)
     .bind(reason)
     .execute(&mut **tx)
-    .await?;
-    Ok(())
+    .await
+    .map(|r| r.rows_affected() == 1)
 }

@@ -96,3 +96,78 @@ async fn a_producer_naming_another_accounts_bot_is_failed_and_nothing_is_erased(
     );
     svc.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_malformed_message_reusing_a_request_id_does_not_fail_that_request() {
+    // Slow enough that the bad message arrives while the request is under way.
+    let env = TestEnv::with_vars(&[
+        ("ERASURE_BATCH_SIZE", "20"),
+        ("ERASURE_BATCHES_PER_SLICE", "1"),
+        ("ERASURE_MAX_ROWS_PER_SECOND", "200"),
+    ])
+    .await;
+    let bots = env.account("acct-a", 1).await;
+    env.account("acct-b", 0).await;
+    env.user("u-1", None, None).await;
+    env.rows("u-1", &bots[0], 200).await;
+    let svc = env.start(Role::Worker).await;
+    let good = json!({
+        "version": 1, "requestId": "eud-shared-id", "accountId": "acct-a",
+        "userIds": ["u-1"], "botIds": [bots[0]], "requestedBy": "svc-a"
+    });
+    publish_raw(&env, ERASE_ROUTING_KEY, good.to_string().as_bytes()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let planned: Option<i32> = sqlx::query_scalar(
+            "SELECT tasks_total FROM erasure.request_status WHERE request_id = 'eud-shared-id'",
+        )
+        .fetch_optional(&env.pool)
+        .await
+        .unwrap();
+        if planned.unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request was not planned"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another producer, or a broken retry, sends garbage under the same id.
+    for bad in [
+        json!({"version": 1, "requestId": "eud-shared-id", "accountId": "acct-b", "userIds": []}),
+        json!({"version": 1, "requestId": "eud-shared-id", "accountId": "acct-a", "userIds": []}),
+    ] {
+        publish_raw(&env, ERASE_ROUTING_KEY, bad.to_string().as_bytes()).await;
+    }
+    let dead = env.topology().dead_queue();
+    while env.queue_depth(&dead).await < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bad messages were not dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        env.request_status("eud-shared-id").await.as_deref(),
+        Some("in-progress"),
+        "the request under way is not failed by someone else's garbage"
+    );
+    assert_eq!(
+        env.wait_settled("eud-shared-id", Duration::from_secs(60))
+            .await,
+        "completed"
+    );
+    assert_eq!(env.count_rows("u-1", &bots[0]).await, 0);
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM erasure.dead_letters WHERE request_id = 'eud-shared-id'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        recorded, 2,
+        "the refusals are still recorded for the operator"
+    );
+    svc.shutdown().await;
+}
