@@ -32,15 +32,6 @@ impl Store {
             Self::Analytics => "analytics",
         }
     }
-
-    /// The platform table of this store.
-    pub fn table(self) -> &'static str {
-        match self {
-            Self::Conversations => "platform.conversations",
-            Self::Sessions => "platform.sessions",
-            Self::Analytics => "platform.analytics_events",
-        }
-    }
 }
 
 // One statement per round of batches, one batch in each of the three stores: for each store,
