@@ -466,11 +466,47 @@ pub struct EraseMessage {
     pub requested_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Why a queue message was refused; `request_id` is set when the message named a usable one.
+/// Why a queue message was refused, and what it can be recorded under: `request_id` when the
+/// message named a usable one, `account_id` when it named one at all. Both are read even from a
+/// message refused for its size or shape, so that a producer still finds its request `failed`,
+/// not missing.
 #[derive(Debug)]
 pub struct MessageError {
     pub request_id: Option<RequestId>,
+    pub account_id: Option<String>,
     pub reason: String,
+}
+
+/// The two fields a refused message is recorded under; every other field is skipped without
+/// being allocated, so reading them costs little even from an oversize message.
+#[derive(Deserialize, Default)]
+struct Probe {
+    #[serde(rename = "requestId")]
+    request_id: Option<Value>,
+    #[serde(rename = "accountId")]
+    account_id: Option<Value>,
+}
+
+impl MessageError {
+    fn of(data: &[u8], reason: String) -> Self {
+        // Only an object names its fields (a derived struct would also read an array by
+        // position).
+        let is_object = data.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        let p: Probe = if is_object {
+            serde_json::from_slice(data).unwrap_or_default()
+        } else {
+            Probe::default()
+        };
+        let text = |v: Option<Value>| match v {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        };
+        Self {
+            request_id: text(p.request_id).as_deref().and_then(RequestId::parse),
+            account_id: text(p.account_id),
+            reason,
+        }
+    }
 }
 
 impl EraseMessage {
@@ -490,42 +526,36 @@ impl EraseMessage {
 
     /// Parses a queue message. Reasons name fields and rules, never the identifiers.
     pub fn parse(data: &[u8], max_bytes: usize, limits: &Limits) -> Result<Self, MessageError> {
-        let fail =
-            |request_id: Option<RequestId>, reason: String| MessageError { request_id, reason };
+        Self::parse_fields(data, max_bytes, limits).map_err(|reason| MessageError::of(data, reason))
+    }
+
+    fn parse_fields(data: &[u8], max_bytes: usize, limits: &Limits) -> Result<Self, String> {
         if data.len() > max_bytes {
-            return Err(fail(
-                None,
-                format!(
-                    "message is {} bytes, more than the {max_bytes} allowed",
-                    data.len()
-                ),
+            return Err(format!(
+                "message is {} bytes, more than the {max_bytes} allowed",
+                data.len()
             ));
         }
-        let value: Value = serde_json::from_slice(data).map_err(|e| {
-            fail(
-                None,
-                format!("message is not valid JSON: {}", json_error_text(&e)),
-            )
-        })?;
+        let value: Value = serde_json::from_slice(data)
+            .map_err(|e| format!("message is not valid JSON: {}", json_error_text(&e)))?;
         let Value::Object(obj) = value else {
-            return Err(fail(None, "message is not a JSON object".into()));
+            return Err("message is not a JSON object".into());
         };
         let request_id = match obj.get("requestId") {
             Some(Value::String(s)) => RequestId::parse(s),
             _ => None,
         };
         let Some(request_id) = request_id else {
-            return Err(fail(None, "requestId is missing or does not start with eud- (letters, digits, -_.: only, at most 128 characters)".into()));
+            return Err("requestId is missing or does not start with eud- (letters, digits, -_.: only, at most 128 characters)".into());
         };
-        let rid = Some(request_id.clone());
         match obj.get("version") {
             Some(Value::Number(n)) if n.as_u64() == Some(MESSAGE_VERSION) => {}
             Some(Value::Number(n)) => {
-                return Err(fail(rid, format!("unknown message version {n}")));
+                return Err(format!("unknown message version {n}"));
             }
-            _ => return Err(fail(rid, "version is missing or not a number".into())),
+            _ => return Err("version is missing or not a number".into()),
         }
-        let text = |name: &str| -> Result<String, MessageError> {
+        let text = |name: &str| -> Result<String, String> {
             match obj.get(name) {
                 Some(Value::String(s))
                     if !s.trim().is_empty()
@@ -534,9 +564,8 @@ impl EraseMessage {
                 {
                     Ok(s.clone())
                 }
-                _ => Err(fail(
-                    rid.clone(),
-                    format!("{name} is missing, blank, too long or not a string"),
+                _ => Err(format!(
+                    "{name} is missing, blank, too long or not a string"
                 )),
             }
         };
@@ -546,10 +575,10 @@ impl EraseMessage {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(
                 chrono::DateTime::parse_from_rfc3339(s)
-                    .map_err(|_| fail(rid.clone(), "requestedAt is not an RFC 3339 time".into()))?
+                    .map_err(|_| "requestedAt is not an RFC 3339 time".to_string())?
                     .with_timezone(&chrono::Utc),
             ),
-            Some(_) => return Err(fail(rid, "requestedAt is not a string".into())),
+            Some(_) => return Err("requestedAt is not a string".into()),
         };
         let mut errors = Vec::new();
         let remove_all = read_bool(
@@ -562,10 +591,7 @@ impl EraseMessage {
         let bot_ids = read_bot_ids(obj.get("botIds"), remove_all, limits, &mut errors);
         if let Some(first) = errors.first() {
             let field = first.field.as_deref().unwrap_or("message");
-            return Err(fail(
-                rid,
-                format!("{field}: {} ({})", first.message, first.code),
-            ));
+            return Err(format!("{field}: {} ({})", first.message, first.code));
         }
         Ok(Self {
             request_id,

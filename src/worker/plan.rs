@@ -13,7 +13,7 @@ use super::{
     dead::{Subject, dead_letter},
 };
 use crate::{
-    contract::{ERASE_ROUTING_KEY, EraseMessage, RequestId, TASK_ROUTING_KEY, TaskMessage},
+    contract::{ERASE_ROUTING_KEY, EraseMessage, TASK_ROUTING_KEY, TaskMessage},
     queue::consumer::{Handler, Outcome},
     retry,
     store::{
@@ -51,13 +51,9 @@ impl Handler for RequestHandler {
             Ok(m) => m,
             Err(e) => {
                 metrics::counter!("erasure_poison_messages_total").increment(1);
-                let (probed_id, account) = Probe::of(&data);
-                let request_id = e
-                    .request_id
-                    .or_else(|| probed_id.as_deref().and_then(RequestId::parse));
                 let subject = Subject::Request {
-                    request_id: request_id.as_ref(),
-                    account_id: account.as_deref(),
+                    request_id: e.request_id.as_ref(),
+                    account_id: e.account_id.as_deref(),
                 };
                 return dead_letter(ctx, ERASE_ROUTING_KEY, subject, &e.reason, &data).await;
             }
@@ -110,29 +106,6 @@ impl Handler for RequestHandler {
         }
         .instrument(span)
         .await
-    }
-}
-
-/// The two fields a refused message is recorded under. Read even from a message over the size
-/// limit (it is in memory already, and skipping the other fields allocates nothing), so that
-/// a producer whose message was too big still finds its request `failed`, not missing.
-#[derive(serde::Deserialize, Default)]
-struct Probe {
-    #[serde(rename = "requestId")]
-    request_id: Option<serde_json::Value>,
-    #[serde(rename = "accountId")]
-    account_id: Option<serde_json::Value>,
-}
-
-impl Probe {
-    /// (request id, account id), where present as strings.
-    fn of(data: &[u8]) -> (Option<String>, Option<String>) {
-        let p: Self = serde_json::from_slice(data).unwrap_or_default();
-        let text = |v: Option<serde_json::Value>| match v {
-            Some(serde_json::Value::String(s)) => Some(s),
-            _ => None,
-        };
-        (text(p.request_id), text(p.account_id))
     }
 }
 
