@@ -228,8 +228,8 @@ pub async fn resolve_users(
 }
 
 /// Why each protected user must not be erased, the strongest reason first.
-pub async fn protected_users(
-    tx: &mut Transaction<'_, Postgres>,
+pub async fn protected_users<'e, E: sqlx::PgExecutor<'e>>(
+    exec: E,
     user_ids: &[String],
 ) -> Result<Vec<(String, String)>, sqlx::Error> {
     sqlx::query_as(
@@ -244,7 +244,7 @@ pub async fn protected_users(
          ) p ORDER BY user_id, rank",
     )
     .bind(user_ids)
-    .fetch_all(&mut **tx)
+    .fetch_all(exec)
     .await
 }
 
@@ -269,14 +269,15 @@ pub async fn reject_newly_protected(
     id: &RequestId,
     erase_user_ids: &[String],
 ) -> Result<Vec<String>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let protected: HashMap<String, String> = protected_users(&mut tx, erase_user_ids)
+    // The common case, nobody newly protected, costs one read and no transaction.
+    let protected: HashMap<String, String> = protected_users(pool, erase_user_ids)
         .await?
         .into_iter()
         .collect();
     if protected.is_empty() {
         return Ok(erase_user_ids.to_vec());
     }
+    let mut tx = pool.begin().await?;
     // Tasks of the same request agree on one outcome: they take turns on the request's row.
     sqlx::query("SELECT 1 FROM erasure.requests WHERE request_id = $1 FOR UPDATE")
         .bind(id)

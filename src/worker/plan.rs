@@ -173,7 +173,7 @@ async fn plan(ctx: &Ctx, msg: &EraseMessage) -> Result<Vec<OutboxMessage>, PlanE
         .collect();
     all.sort();
     all.dedup();
-    let protected: HashMap<String, String> = requests::protected_users(&mut tx, &all)
+    let protected: HashMap<String, String> = requests::protected_users(&mut *tx, &all)
         .await?
         .into_iter()
         .collect();
