@@ -307,14 +307,24 @@ impl Api {
 
     /// `DELETE /api/public/bot/eraseUsersData` with a token in the `auth` header.
     pub async fn erase(&self, token: &str, body: &Value) -> (u16, Value) {
-        let r = self
+        self.send_erase(token, None, body).await
+    }
+
+    /// The same call with an `Idempotency-Key`.
+    pub async fn erase_with_key(&self, token: &str, key: &str, body: &Value) -> (u16, Value) {
+        self.send_erase(token, Some(key), body).await
+    }
+
+    async fn send_erase(&self, token: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
+        let mut request = self
             .http
             .delete(format!("{}/api/public/bot/eraseUsersData", self.base))
             .header("auth", token)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
+            .json(body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let r = request.send().await.unwrap();
         let code = r.status().as_u16();
         (code, r.json().await.unwrap_or(Value::Null))
     }

@@ -312,29 +312,19 @@ async fn a_retried_call_with_the_same_idempotency_key_gets_the_first_answer() {
     let (_, _, token) = env.app("acct-a", &["delete_users_data"]).await;
     let svc = env.start(Role::Intake).await;
     let api = Api::new(&svc);
-    let send = |body: Value| {
-        let api = &api;
-        let token = token.clone();
-        async move {
-            let r = api
-                .http
-                .delete(format!("{}/api/public/bot/eraseUsersData", api.base))
-                .header("auth", token)
-                .header("Idempotency-Key", "retry-1")
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        }
-    };
     let body = json!({"userIds": ["u-1"], "botIds": [bots[0]]});
-    let (s1, a1) = send(body.clone()).await;
-    let (s2, a2) = send(body).await;
+    let (s1, a1) = api.erase_with_key(&token, "retry-1", &body).await;
+    let (s2, a2) = api.erase_with_key(&token, "retry-1", &body).await;
     assert_eq!((s1, s2), (202, 202));
     assert_eq!(a1, a2);
     assert_eq!(recorded_requests(&env).await, 1);
-    let (s3, a3) = send(json!({"userIds": ["u-2"], "botIds": [bots[0]]})).await;
+    let (s3, a3) = api
+        .erase_with_key(
+            &token,
+            "retry-1",
+            &json!({"userIds": ["u-2"], "botIds": [bots[0]]}),
+        )
+        .await;
     assert_eq!(s3, 422, "{a3}");
     assert_eq!(recorded_requests(&env).await, 1);
     svc.shutdown().await;

@@ -713,20 +713,6 @@ async fn hostile_identifiers_are_refused_or_handled_as_plain_data() {
     svc.shutdown().await;
 }
 
-async fn erase_with_key(api: &Api, token: &str, key: &str, body: &Value) -> (u16, Value) {
-    let r = api
-        .http
-        .delete(erase_url(api))
-        .header("auth", token)
-        .header("idempotency-key", key)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let code = r.status().as_u16();
-    (code, r.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn a_retried_call_with_the_same_idempotency_key_returns_the_first_answer() {
     let env = TestEnv::new().await;
@@ -736,10 +722,10 @@ async fn a_retried_call_with_the_same_idempotency_key_returns_the_first_answer()
     let (svc, api) = start_intake(&env).await;
     let body = json!({"userIds": ["u-1"], "botIds": [bots[0]]});
 
-    let (code, first) = erase_with_key(&api, &token_a, "retry-1", &body).await;
+    let (code, first) = api.erase_with_key(&token_a, "retry-1", &body).await;
     assert_eq!(code, 202);
     for _ in 0..3 {
-        let (code, again) = erase_with_key(&api, &token_a, "retry-1", &body).await;
+        let (code, again) = api.erase_with_key(&token_a, "retry-1", &body).await;
         assert_eq!(code, 202);
         assert_eq!(again, first);
     }
@@ -752,12 +738,12 @@ async fn a_retried_call_with_the_same_idempotency_key_returns_the_first_answer()
     assert_eq!(recorded, 1, "a replay records nothing");
 
     let other = json!({"userIds": ["u-1"], "botIds": [bots[1]]});
-    let (code, b) = erase_with_key(&api, &token_a, "retry-1", &other).await;
+    let (code, b) = api.erase_with_key(&token_a, "retry-1", &other).await;
     assert_eq!(code, 422, "{b}");
     assert_eq!(b["errors"][0]["code"], "idempotency_key_reused");
 
     // Keys are per app: another app's identical key starts its own request.
-    let (code, b_first) = erase_with_key(&api, &token_b, "retry-1", &body).await;
+    let (code, b_first) = api.erase_with_key(&token_b, "retry-1", &body).await;
     assert_eq!(code, 202);
     assert_ne!(b_first["requestId"], first["requestId"]);
     let ids: Vec<(String, String)> = sqlx::query_as(
@@ -776,7 +762,9 @@ async fn a_retried_call_with_the_same_idempotency_key_returns_the_first_answer()
             .any(|(by, id)| *by == app_b && *id == b_first["requestId"])
     );
 
-    let (code, b) = erase_with_key(&api, &token_a, "bad key with spaces", &body).await;
+    let (code, b) = api
+        .erase_with_key(&token_a, "bad key with spaces", &body)
+        .await;
     assert_eq!(code, 400, "{b}");
     assert_eq!(requests_recorded(&env).await, 2);
     svc.shutdown().await;
