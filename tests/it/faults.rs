@@ -102,15 +102,6 @@ impl Scenario {
         body["requestId"].as_str().unwrap().to_string()
     }
 
-    async fn rows_deleted(&self, id: &str) -> i64 {
-        sqlx::query_scalar("SELECT rows_deleted FROM erasure.request_status WHERE request_id = $1")
-            .bind(id)
-            .fetch_optional(&self.env.pool)
-            .await
-            .unwrap()
-            .unwrap_or(0)
-    }
-
     /// Target rows still present.
     async fn remaining(&self) -> i64 {
         let mut n = 0;
@@ -131,18 +122,6 @@ impl Scenario {
         .await
         .unwrap()
         .is_some_and(|n| n > 0)
-    }
-
-    /// Waits until the request has deleted at least `rows` rows.
-    async fn wait_progress(&self, id: &str, rows: i64) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while self.rows_deleted(id).await < rows {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "request {id} did not reach {rows} rows deleted"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     async fn wait_planned(&self, id: &str) {
@@ -166,7 +145,7 @@ impl Scenario {
         );
         let remaining = self.remaining().await;
         assert!(remaining > 0, "the fault landed before the last row");
-        assert_eq!(self.rows_deleted(id).await, self.total() - remaining);
+        assert_eq!(self.env.rows_deleted(id).await, self.total() - remaining);
     }
 
     /// The promise: completed, every target row gone and counted once, nothing else touched,
@@ -286,7 +265,7 @@ async fn a_worker_killed_again_and_again_mid_erasure_completes_it_exactly_once_r
         if percent == 0 {
             s.wait_planned(&id).await;
         } else {
-            s.wait_progress(&id, s.total() * percent / 100).await;
+            s.env.wait_progress(&id, s.total() * percent / 100).await;
         }
         worker.kill().await;
         s.assert_mid_work(&id).await;
@@ -305,7 +284,7 @@ async fn a_broker_connection_cut_mid_erasure_and_restored_completes_it() {
     let intake = s.env.start(Role::Intake).await;
     let id = s.submit(&Api::new(&intake)).await;
 
-    s.wait_progress(&id, s.total() / 4).await;
+    s.env.wait_progress(&id, s.total() / 4).await;
     let before_cut = proxy.connections();
     proxy.cut();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -334,7 +313,7 @@ async fn a_database_connection_cut_mid_erasure_and_restored_completes_it() {
     let intake = s.env.start(Role::Intake).await;
     let id = s.submit(&Api::new(&intake)).await;
 
-    s.wait_progress(&id, s.total() / 4).await;
+    s.env.wait_progress(&id, s.total() / 4).await;
     proxy.cut();
     tokio::time::sleep(Duration::from_millis(2000)).await;
     s.assert_mid_work(&id).await;
@@ -399,7 +378,7 @@ async fn every_message_delivered_twice_to_two_workers_is_counted_once() {
     publish_raw(&s.env, ERASE_ROUTING_KEY, &message).await;
     publish_raw(&s.env, ERASE_ROUTING_KEY, &message).await;
     let a = Process::spawn(&s.env, "worker", &[]).await;
-    s.wait_progress(&id, 1).await;
+    s.env.wait_progress(&id, 1).await;
     let b = Process::spawn(&s.env, "worker", &[]).await;
     publish_raw(&s.env, ERASE_ROUTING_KEY, &message).await;
     for bot in s.target_bots() {
@@ -585,7 +564,7 @@ async fn sigterm_mid_erasure_exits_cleanly_and_a_restart_finishes_the_work() {
 
     // First with short slices, which finish within the grace period.
     let worker = Process::spawn(&s.env, "worker", SLOW).await;
-    s.wait_progress(&id, s.total() / 5).await;
+    s.env.wait_progress(&id, s.total() / 5).await;
     let (status, text) = worker.terminate(Duration::from_secs(20)).await;
     assert!(status.success(), "exit status {status}:\n{text}");
     assert!(
@@ -597,7 +576,7 @@ async fn sigterm_mid_erasure_exits_cleanly_and_a_restart_finishes_the_work() {
     // Then with slices far longer than the grace period: they are handed back.
     let long = [("ERASURE_BATCHES_PER_SLICE", "100000")];
     let worker = Process::spawn(&s.env, "worker", &long).await;
-    s.wait_progress(&id, s.total() / 3).await;
+    s.env.wait_progress(&id, s.total() / 3).await;
     let (status, text) = worker.terminate(Duration::from_secs(20)).await;
     assert!(status.success(), "exit status {status}:\n{text}");
     assert!(

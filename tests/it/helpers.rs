@@ -228,6 +228,28 @@ impl TestEnv {
         }
     }
 
+    /// Rows the request has deleted so far (the public view; 0 before it exists).
+    pub async fn rows_deleted(&self, request_id: &str) -> i64 {
+        sqlx::query_scalar("SELECT rows_deleted FROM erasure.request_status WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(&self.pool)
+            .await
+            .unwrap()
+            .unwrap_or(0)
+    }
+
+    /// Waits until the request has deleted at least `rows` rows.
+    pub async fn wait_progress(&self, request_id: &str, rows: i64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while self.rows_deleted(request_id).await < rows {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "request {request_id} did not reach {rows} rows deleted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The per-user outcomes from the public view, in order: (user_ref, status, reason).
     pub async fn user_outcomes(&self, request_id: &str) -> Vec<(String, String, Option<String>)> {
         sqlx::query_as(

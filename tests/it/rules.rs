@@ -375,25 +375,7 @@ async fn a_user_who_becomes_protected_mid_erasure_is_rejected_and_keeps_the_rest
         .await;
     let id = body["requestId"].as_str().unwrap();
     // Once work has begun, the user becomes a co-developer of a bot.
-    let deadline = tokio::time::Instant::now() + SETTLE;
-    loop {
-        let deleted: i64 = sqlx::query_scalar(
-            "SELECT rows_deleted FROM erasure.request_status WHERE request_id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&env.pool)
-        .await
-        .unwrap()
-        .unwrap_or(0);
-        if deleted > 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "erasure did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    env.wait_progress(id, 1).await;
     sqlx::query("INSERT INTO platform.bot_collaborators (bot_id, user_id, role) VALUES ($1, 'u-turncoat', 'co_developer')")
         .bind(&bots[1])
         .execute(&env.pool)
