@@ -6,9 +6,7 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-use sqlx::PgPool;
-
-use crate::{config::LogFormat, contract::RequestId};
+use crate::{config::LogFormat, store::requests::Settled};
 
 /// Installs the global subscriber once; later calls are no-ops. Logs go to stderr.
 /// `filter` was validated with the configuration (`ERASURE_LOG`).
@@ -145,27 +143,11 @@ fn describe() {
     );
 }
 
-/// Counts a request that just settled and records how long it took, creation to settling.
-/// The status and times are read back from the database after the commit, so a request that
-/// a concurrent worker settled differently is counted as it really ended.
-pub async fn record_settled(pool: &PgPool, id: &RequestId, expected: &str) {
-    let row: Result<Option<(String, Option<f64>)>, sqlx::Error> = sqlx::query_as(
-        "SELECT status, extract(epoch FROM completed_at - created_at)::float8
-           FROM erasure.requests WHERE request_id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await;
-    match row {
-        Ok(Some((status, seconds))) if status == expected => {
-            metrics::counter!("erasure_requests_finished_total", "status" => status.clone())
-                .increment(1);
-            if let Some(s) = seconds {
-                metrics::histogram!("erasure_request_duration_seconds", "status" => status)
-                    .record(s.max(0.0));
-            }
-        }
-        Ok(_) => {}
-        Err(e) => tracing::debug!(error = %e, "could not read a settled request for metrics"),
-    }
+/// Counts a request that this process just settled and records how long it took, creation to
+/// settling (read by the same statement that settled it).
+pub fn record_settled(settled: &Settled) {
+    metrics::counter!("erasure_requests_finished_total", "status" => settled.status.clone())
+        .increment(1);
+    metrics::histogram!("erasure_request_duration_seconds", "status" => settled.status.clone())
+        .record(settled.seconds.max(0.0));
 }

@@ -348,12 +348,20 @@ pub async fn mark_planned(
     Ok(())
 }
 
+/// How a request ended, when a call settled it: its final status and how long it took from
+/// creation (for the metrics, which count each request once).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Settled {
+    pub status: String,
+    pub seconds: f64,
+}
+
 /// Counts a finished task; settles the request when it was the last one. Returns the
 /// request's final status when this call settled it.
 pub async fn count_task_done(
     tx: &mut Transaction<'_, Postgres>,
     id: &RequestId,
-) -> Result<Option<String>, sqlx::Error> {
+) -> Result<Option<Settled>, sqlx::Error> {
     let (done, total): (i32, i32) = sqlx::query_as(
         "UPDATE erasure.requests SET tasks_done = tasks_done + 1, updated_at = now()
           WHERE request_id = $1 RETURNING tasks_done, tasks_total",
@@ -373,7 +381,7 @@ pub async fn count_task_done(
 pub async fn settle(
     tx: &mut Transaction<'_, Postgres>,
     id: &RequestId,
-) -> Result<String, sqlx::Error> {
+) -> Result<Settled, sqlx::Error> {
     sqlx::query(
         "UPDATE erasure.request_users SET status = 'SUCCESS', reason = NULL
           WHERE request_id = $1 AND status IN ('IN_PROGRESS', 'FAILED')",
@@ -381,13 +389,14 @@ pub async fn settle(
     .bind(id)
     .execute(&mut **tx)
     .await?;
-    sqlx::query_scalar(
+    sqlx::query_as(
         "UPDATE erasure.requests r
             SET status = CASE WHEN NOT EXISTS (SELECT 1 FROM erasure.request_users u
                                                 WHERE u.request_id = r.request_id AND u.status <> 'REJECTED')
                               THEN 'rejected' ELSE 'completed' END,
                 failure_reason = NULL, completed_at = now(), updated_at = now()
-          WHERE request_id = $1 RETURNING status",
+          WHERE request_id = $1
+         RETURNING status, extract(epoch FROM completed_at - created_at)::float8 AS seconds",
     )
     .bind(id)
     .fetch_one(&mut **tx)
@@ -395,21 +404,21 @@ pub async fn settle(
 }
 
 /// Marks the request failed with a non-PII reason; users still in progress fail with it.
-/// Returns `true` when this call moved the request from `in-progress` to `failed` (a request
-/// already failed only takes the newer reason), so that it is counted once.
+/// Returns how it ended when this call moved the request from `in-progress` to `failed` (a
+/// request already failed only takes the newer reason), so that it is counted once.
 pub async fn mark_failed(
     tx: &mut Transaction<'_, Postgres>,
     id: &RequestId,
     reason: &str,
-) -> Result<bool, sqlx::Error> {
-    let was: Option<String> = sqlx::query_scalar(
+) -> Result<Option<Settled>, sqlx::Error> {
+    let was: Option<(String, f64)> = sqlx::query_as(
         "WITH prev AS (SELECT status FROM erasure.requests WHERE request_id = $1 FOR UPDATE)
          UPDATE erasure.requests r
             SET status = 'failed', failure_reason = $2, updated_at = now(),
                 completed_at = CASE WHEN prev.status = 'failed' THEN r.completed_at ELSE now() END
            FROM prev
           WHERE r.request_id = $1 AND prev.status IN ('in-progress', 'failed')
-         RETURNING prev.status",
+         RETURNING prev.status, extract(epoch FROM r.completed_at - r.created_at)::float8",
     )
     .bind(id)
     .bind(reason)
@@ -423,7 +432,12 @@ pub async fn mark_failed(
     .bind(reason)
     .execute(&mut **tx)
     .await?;
-    Ok(was.as_deref() == Some("in-progress"))
+    Ok(was
+        .filter(|(prev, _)| prev == "in-progress")
+        .map(|(_, seconds)| Settled {
+            status: "failed".into(),
+            seconds,
+        }))
 }
 
 /// Whether a refused erase message may fail the request it names: only a request of the

@@ -49,16 +49,20 @@ pub async fn dead_letter(
                 account_id,
             } => {
                 if insert_failed_request(&mut tx, id, account_id.unwrap_or(""), reason).await? {
-                    true
+                    // Created failed: it ended the moment it began.
+                    Some(requests::Settled {
+                        status: "failed".into(),
+                        seconds: 0.0,
+                    })
                 } else if requests::refusable_by_message(&mut tx, id, *account_id).await? {
                     requests::mark_failed(&mut tx, id, reason).await?
                 } else {
-                    false
+                    None
                 }
             }
             Subject::Request {
                 request_id: None, ..
-            } => false,
+            } => None,
             Subject::Task { request_id, bot_id } => {
                 tasks::mark_failed(&mut tx, request_id, bot_id, reason).await?;
                 requests::mark_failed(&mut tx, request_id, reason).await?
@@ -105,8 +109,8 @@ pub async fn dead_letter(
         "request"
     };
     metrics::counter!("erasure_dead_lettered_total", "kind" => kind).increment(1);
-    if settled && let Some(id) = request_id.as_deref().and_then(RequestId::parse) {
-        crate::telemetry::record_settled(&ctx.pool, &id, "failed").await;
+    if let Some(settled) = &settled {
+        crate::telemetry::record_settled(settled);
     }
     tracing::warn!(
         request_id = request_id.as_deref().unwrap_or("-"),

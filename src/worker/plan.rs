@@ -207,10 +207,13 @@ async fn plan(ctx: &Ctx, msg: &EraseMessage) -> Result<Vec<OutboxMessage>, PlanE
 
     if erase.is_empty() || bots.is_empty() {
         requests::mark_planned(&mut tx, &msg.request_id, &[], 0).await?;
-        let status = requests::settle(&mut tx, &msg.request_id).await?;
+        let settled = requests::settle(&mut tx, &msg.request_id).await?;
         tx.commit().await?;
-        crate::telemetry::record_settled(&ctx.pool, &msg.request_id, &status).await;
-        tracing::info!(status, "request settled at planning: nothing to erase");
+        crate::telemetry::record_settled(&settled);
+        tracing::info!(
+            status = settled.status,
+            "request settled at planning: nothing to erase"
+        );
         return Ok(Vec::new());
     }
     tasks::insert(&mut tx, &msg.request_id, &bots).await?;

@@ -236,9 +236,9 @@ pub async fn run(
         .await?;
         if let Some(done) = settled {
             metrics::counter!("erasure_tasks_completed_total").increment(1);
-            if let Some(status) = done {
-                crate::telemetry::record_settled(&ctx.pool, &msg.request_id, &status).await;
-                tracing::info!(status, "request settled");
+            if let Some(settled) = done {
+                crate::telemetry::record_settled(&settled);
+                tracing::info!(status = settled.status, "request settled");
             }
         }
         return Ok(Step::Done);
