@@ -585,9 +585,10 @@ fn the_dockerfile_is_multi_stage_unprivileged_and_runs_the_binary() {
     let port = http_port(&vars);
     assert_eq!(addr, format!("0.0.0.0:{port}"));
     assert_eq!(find("EXPOSE").as_str(), format!("EXPOSE {port}"));
-    // The build needs the manifest, the lock file, the sources and the embedded migrations.
+    // The build needs the manifest, the lock file, the patched crates, the sources and the
+    // embedded migrations.
     let build = &lines[..*stages.last().unwrap()];
-    for needed in ["Cargo.toml", "Cargo.lock", "src", "migrations"] {
+    for needed in ["Cargo.toml", "Cargo.lock", "vendor", "src", "migrations"] {
         assert!(
             build
                 .iter()
@@ -602,7 +603,7 @@ fn the_dockerfile_is_multi_stage_unprivileged_and_runs_the_binary() {
             .any(|l| l.contains("--locked") && l.contains("--bin erasure"))
     );
     let ignored = std::fs::read_to_string(deploy_dir().join("Dockerfile.dockerignore")).unwrap();
-    for needed in ["Cargo.toml", "Cargo.lock", "src", "migrations"] {
+    for needed in ["Cargo.toml", "Cargo.lock", "vendor", "src", "migrations"] {
         assert!(
             !ignored.lines().any(|l| l.trim() == needed),
             "{needed} reaches the build"
