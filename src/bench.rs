@@ -826,7 +826,11 @@ impl Service {
             .env("ERASURE_HTTP_ADDR", addr.to_string())
             .env("ERASURE_RATE_LIMIT_PER_APP", "0")
             .env("ERASURE_LOG_FORMAT", "text")
-            .env("ERASURE_LOG", "warn,sqlx=warn,lapin=warn")
+            // Quiet unless the bench's own environment asks for more.
+            .env(
+                "ERASURE_LOG",
+                std::env::var("ERASURE_LOG").unwrap_or_else(|_| "warn,sqlx=warn,lapin=warn".into()),
+            )
             .env("ERASURE_MAX_ROWS_PER_SECOND_TOTAL", "0")
             // The PostgreSQL server is shared: keep each process's pool modest.
             .env(

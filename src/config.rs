@@ -29,6 +29,8 @@ pub struct Config {
     pub batch_size: i64,
     /// Batches a task works per delivery before it publishes its continuation.
     pub batches_per_slice: u32,
+    /// Bots whose tasks one task message works together.
+    pub bots_per_message: usize,
     /// Deliveries each worker consumer may hold unacknowledged.
     pub prefetch: u16,
     /// Tasks a worker process executes at once.
@@ -146,13 +148,18 @@ pub const SETTINGS: &[Setting] = &[
     ),
     s(
         "ERASURE_BATCH_SIZE",
-        "9000",
-        "rows per delete statement (shared among the stores it deletes from)",
+        "65000",
+        "rows per delete statement (one statement deletes from one store; a task message runs one per store at once)",
     ),
     s(
         "ERASURE_BATCHES_PER_SLICE",
         "50",
-        "delete statements (each one batch per store not yet drained) one delivery runs before handing over to a continuation message",
+        "delete statements per store one delivery runs before handing over to a continuation message",
+    ),
+    s(
+        "ERASURE_BOTS_PER_MESSAGE",
+        "50",
+        "bots whose tasks one task message works together, in shared delete statements; an unfinished message splits in two at each continuation, so replicas share a long request (1: one message per bot)",
     ),
     s(
         "ERASURE_PREFETCH",
@@ -357,6 +364,7 @@ impl Config {
             max_id_bytes: n("ERASURE_MAX_ID_BYTES", 1)? as usize,
             batch_size: batch_size as i64,
             batches_per_slice: n("ERASURE_BATCHES_PER_SLICE", 1)? as u32,
+            bots_per_message: n("ERASURE_BOTS_PER_MESSAGE", 1)? as usize,
             prefetch: prefetch as u16,
             worker_concurrency: n("ERASURE_WORKER_CONCURRENCY", 1)? as usize,
             max_rows_per_second: n("ERASURE_MAX_ROWS_PER_SECOND", 0)?,
@@ -407,6 +415,10 @@ impl Config {
             (
                 "ERASURE_BATCHES_PER_SLICE",
                 self.batches_per_slice.to_string(),
+            ),
+            (
+                "ERASURE_BOTS_PER_MESSAGE",
+                self.bots_per_message.to_string(),
             ),
             ("ERASURE_PREFETCH", self.prefetch.to_string()),
             (

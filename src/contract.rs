@@ -607,19 +607,60 @@ impl EraseMessage {
     }
 }
 
-/// A per-(request, bot) task message. It carries no personal data: the users to erase are
-/// read from the request's record.
+/// A task message: works the per-(request, bot) tasks of one or more bots of a request
+/// together. It carries no personal data: the users to erase are read from the request's
+/// record.
+///
+/// `botId` names the first bot; `botIds`, when present, names every bot the message works
+/// (`botId` among them). A message without `botIds` works `botId` alone, as every message did
+/// before bots were grouped, so messages queued by an older worker still run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TaskMessage {
     pub version: u32,
     pub request_id: RequestId,
     pub bot_id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bot_ids: Vec<String>,
     /// Which slice of the task this delivery works; continuations carry the next number.
     pub slice: i32,
 }
 
 impl TaskMessage {
+    /// A message for `bots` (not empty) of the request.
+    pub fn new(request_id: &RequestId, bots: &[String], slice: i32) -> Self {
+        Self {
+            version: 1,
+            request_id: request_id.clone(),
+            bot_id: bots[0].clone(),
+            bot_ids: if bots.len() > 1 {
+                bots.to_vec()
+            } else {
+                Vec::new()
+            },
+            slice,
+        }
+    }
+
+    /// The bots this message works.
+    pub fn bots(&self) -> Vec<String> {
+        if self.bot_ids.is_empty() {
+            vec![self.bot_id.clone()]
+        } else {
+            let mut bots = self.bot_ids.clone();
+            if !bots.contains(&self.bot_id) {
+                bots.insert(0, self.bot_id.clone());
+            }
+            bots
+        }
+    }
+
+    /// The message id (and outbox id): unique per first bot and slice, since the bots of a
+    /// request's messages of one slice never overlap.
+    pub fn message_id(&self) -> String {
+        format!("{}/{}/{}", self.request_id, self.bot_id, self.slice)
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a task message serializes")
     }
@@ -685,6 +726,31 @@ pub fn format_time(t: chrono::DateTime<chrono::Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_message_names_its_bots_and_reads_the_single_bot_form() {
+        let id = RequestId::parse("eud-1").unwrap();
+        let one = TaskMessage::new(&id, &["b-1".into()], 0);
+        let json: serde_json::Value = serde_json::from_slice(&one.to_json()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"version": 1, "requestId": "eud-1", "botId": "b-1", "slice": 0}),
+            "a single bot is written as before bots were grouped"
+        );
+        assert_eq!(one.bots(), ["b-1"]);
+        assert_eq!(one.message_id(), "eud-1/b-1/0");
+
+        let two = TaskMessage::new(&id, &["b-1".into(), "b-2".into()], 3);
+        let back: TaskMessage = serde_json::from_slice(&two.to_json()).unwrap();
+        assert_eq!(back.bots(), ["b-1", "b-2"]);
+        assert_eq!(back.message_id(), "eud-1/b-1/3");
+
+        let odd: TaskMessage = serde_json::from_str(
+            r#"{"version":1,"requestId":"eud-1","botId":"b-0","botIds":["b-1"],"slice":0}"#,
+        )
+        .unwrap();
+        assert_eq!(odd.bots(), ["b-0", "b-1"], "botId is always worked");
+    }
 
     const LIMITS: Limits = Limits {
         max_user_ids: 3,

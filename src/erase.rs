@@ -1,8 +1,9 @@
 //! The three stores erased per (bot, user), and their bounded, idempotent batch deletes.
 //!
 //! Each batch is one statement, hence one short transaction: it deletes at most `limit` rows
-//! of the given users in the given bot and adds the count to the task's progress in the same
-//! statement, so the count is exact even when two workers run the same task at once.
+//! of the given users in the given bots from one store and adds the counts to each bot's task
+//! in the same statement, so the counts are exact even when two workers run the same task at
+//! once.
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},
@@ -32,56 +33,58 @@ impl Store {
             Self::Analytics => "analytics",
         }
     }
+
+    /// The store's batch statement. `c` picks up to $3 of the users' ($1) rows in the bots
+    /// ($2) through the (user_id, bot_id) index; the DELETE fetches them by physical address
+    /// (a TID scan, no second index pass) and re-checks the keys, so a row that moved or
+    /// changed meanwhile is never deleted by mistake; the rows per bot land in
+    /// `erasure.task_rows` in the same transaction (grouped by hashing: PostgreSQL expects
+    /// one row from the DELETE and would otherwise sort them all, measured 16-22 ms of 150
+    /// for 60,000 rows, on disk past `work_mem`). The number of
+    /// candidates says whether the store is drained: fewer than the limit means every
+    /// matching row was in this batch, even if a concurrent run of the same task deleted some
+    /// of them first, so no separate "anything left?" query (a second pass over the index,
+    /// which after a delete is full of dead entries) is needed.
+    ///
+    /// One statement for all the bots of a message rather than one per bot: the rows of a
+    /// user are scattered through the tables, so each bot's statement visits most of the heap
+    /// pages the others visit; for 500 users over 20 bots that was 2-3x the database work of
+    /// one statement for all of them.
+    fn delete_sql(self) -> &'static str {
+        macro_rules! delete_sql {
+            ($table:literal, $store:literal) => {
+                concat!(
+                    "WITH c AS (SELECT ARRAY(SELECT ctid FROM ", $table, "
+                                      WHERE user_id = ANY($1) AND bot_id = ANY($2) LIMIT $3) AS ids),
+                          d AS (DELETE FROM ", $table, "
+                                 WHERE ctid = ANY((SELECT ids FROM c)::tid[]) AND user_id = ANY($1) AND bot_id = ANY($2)
+                                RETURNING bot_id),
+                          counted AS (INSERT INTO erasure.task_rows AS n (request_id, bot_id, store, rows)
+                                      SELECT $4, bot_id, '", $store, "', count(*) FROM d GROUP BY bot_id
+                                      ON CONFLICT (request_id, bot_id, store) DO UPDATE SET rows = n.rows + excluded.rows)
+                     -- `counted` runs although nothing reads it: data-modifying WITH queries always do.
+                     SELECT (SELECT count(*) FROM d), COALESCE(cardinality((SELECT ids FROM c)), 0)::bigint"
+                )
+            };
+        }
+        match self {
+            Self::Conversations => delete_sql!("platform.conversations", "conversations"),
+            Self::Sessions => delete_sql!("platform.sessions", "sessions"),
+            Self::Analytics => delete_sql!("platform.analytics_events", "analytics"),
+        }
+    }
 }
 
-// One statement per round of batches, one batch in each of the three stores: for each store,
-// `c*` picks up to its limit ($3, $4, $5; 0 for a store already drained) of the users' rows in
-// the bot through the (user_id, bot_id) index; the DELETE fetches them by physical address (a
-// TID scan, no second index pass) and re-checks the keys, so a row that moved or changed
-// meanwhile is never deleted by mistake; the counts land on the task in the same transaction.
-// The number of candidates says whether a store is drained: fewer than its limit means every
-// matching row was in this batch, even if a concurrent run of the same task deleted some of
-// them first, so no separate "anything left?" query (a second pass over the index, which after
-// a delete is full of dead entries) is needed. One statement for the three stores rather than
-// one each: a task of a bulk request is typically a few thousand rows, all drained in this one
-// statement, and three round trips, plans and commits per task cost more than the deletes of
-// the smaller stores themselves. Each store stays bounded by its limit.
-const DELETE_BATCHES_SQL: &str = "
-    WITH cc AS (SELECT ARRAY(SELECT ctid FROM platform.conversations
-                              WHERE user_id = ANY($1) AND bot_id = $2 LIMIT $3) AS ids),
-         dc AS (DELETE FROM platform.conversations
-                 WHERE ctid = ANY((SELECT ids FROM cc)::tid[]) AND user_id = ANY($1) AND bot_id = $2
-                RETURNING 1),
-         cs AS (SELECT ARRAY(SELECT ctid FROM platform.sessions
-                              WHERE user_id = ANY($1) AND bot_id = $2 LIMIT $4) AS ids),
-         ds AS (DELETE FROM platform.sessions
-                 WHERE ctid = ANY((SELECT ids FROM cs)::tid[]) AND user_id = ANY($1) AND bot_id = $2
-                RETURNING 1),
-         ca AS (SELECT ARRAY(SELECT ctid FROM platform.analytics_events
-                              WHERE user_id = ANY($1) AND bot_id = $2 LIMIT $5) AS ids),
-         da AS (DELETE FROM platform.analytics_events
-                 WHERE ctid = ANY((SELECT ids FROM ca)::tid[]) AND user_id = ANY($1) AND bot_id = $2
-                RETURNING 1),
-         n AS (SELECT (SELECT count(*) FROM dc) AS c, (SELECT count(*) FROM ds) AS s,
-                      (SELECT count(*) FROM da) AS a)
-    UPDATE erasure.tasks
-       SET rows_conversations = rows_conversations + n.c, rows_sessions = rows_sessions + n.s,
-           rows_analytics = rows_analytics + n.a, updated_at = now()
-      FROM n WHERE request_id = $6 AND bot_id = $2
-    RETURNING n.c, n.s, n.a,
-              COALESCE(cardinality((SELECT ids FROM cc)), 0)::bigint,
-              COALESCE(cardinality((SELECT ids FROM cs)), 0)::bigint,
-              COALESCE(cardinality((SELECT ids FROM ca)), 0)::bigint";
-
-/// Deletes one batch of the users' rows in the bot from each store whose limit is not 0 (in
-/// [`Store::ALL`] order), and counts them on the task, in one statement.
-pub async fn delete_batches(
+/// Deletes one batch of at most `limit` of the users' rows in the bots from `store`, and
+/// counts them per bot, in one statement.
+pub async fn delete_batch(
     pool: &PgPool,
+    store: Store,
     request: &RequestId,
-    bot_id: &str,
+    bots: &[String],
     users: &[String],
-    limits: [i64; 3],
-) -> Result<[Batch; 3], sqlx::Error> {
+    limit: i64,
+) -> Result<Batch, sqlx::Error> {
     let started = Instant::now();
     // A relaxed commit: the task's completion or continuation, committed durably after the
     // last batch, makes every batch before it durable too (see `begin_relaxed`).
@@ -90,33 +93,23 @@ pub async fn delete_batches(
     // constant, and PostgreSQL re-checks each deleted row's user against a hash of it instead
     // of a linear scan of up to 1,000 ids (a generic plan of a cached statement does the
     // latter: measured 1.5x the CPU of the whole statement for 500 users).
-    type Row = (i64, i64, i64, i64, i64, i64);
-    let row: Option<Row> = sqlx::query_as(DELETE_BATCHES_SQL)
+    let (deleted, candidates): (i64, i64) = sqlx::query_as(store.delete_sql())
         .persistent(false)
         .bind(users)
-        .bind(bot_id)
-        .bind(limits[0])
-        .bind(limits[1])
-        .bind(limits[2])
+        .bind(bots)
+        .bind(limit)
         .bind(request)
-        .fetch_optional(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
     tx.commit().await?;
     record_longest(started.elapsed());
-    // The caller loaded the task row, so the UPDATE matches it and returns the counts.
-    let (c, s, a, cc, cs, ca) = row.unwrap_or_default();
-    let batch = |deleted: i64, candidates: i64, limit: i64| Batch {
+    Ok(Batch {
         deleted: deleted.max(0) as u64,
-        drained: limit == 0 || candidates < limit,
-    };
-    Ok([
-        batch(c, cc, limits[0]),
-        batch(s, cs, limits[1]),
-        batch(a, ca, limits[2]),
-    ])
+        drained: candidates < limit,
+    })
 }
 
-/// Opens `connections` connections and runs the batch statement once on each, with
+/// Opens `connections` connections and runs each store's batch statement once on each, with
 /// no users (it matches and changes nothing), so that they exist and have the tables, indexes
 /// and catalog entries the deletes need cached before the first task arrives. A fresh
 /// PostgreSQL connection pays for both on first use, measured at 10–20 ms of database CPU per
@@ -138,16 +131,16 @@ pub async fn warm_up(pool: &PgPool, connections: usize) {
         return;
     };
     let runs = held.iter_mut().map(|conn| async {
-        let _ = sqlx::query(DELETE_BATCHES_SQL)
-            .persistent(false)
-            .bind(&none)
-            .bind("")
-            .bind(1_i64)
-            .bind(1_i64)
-            .bind(1_i64)
-            .bind(&request)
-            .execute(&mut **conn)
-            .await;
+        for store in Store::ALL {
+            let _ = sqlx::query(store.delete_sql())
+                .persistent(false)
+                .bind(&none)
+                .bind(&none)
+                .bind(1_i64)
+                .bind(&request)
+                .execute(&mut **conn)
+                .await;
+        }
     });
     futures_util::future::join_all(runs).await;
 }
@@ -207,6 +200,23 @@ impl Throttle {
     /// True when a ceiling is set.
     pub fn is_active(&self) -> bool {
         self.local.is_some() || self.total_rows_per_second > 0
+    }
+
+    /// The rows one statement may take: `batch_size`, or under a ceiling at most a quarter
+    /// second of it, so that paced deletes come as several short statements a second rather
+    /// than one large statement and a long pause.
+    pub fn batch(&self, batch_size: i64) -> i64 {
+        let lowest = [
+            self.local.as_ref().map(|p| p.rows_per_second),
+            (self.total_rows_per_second > 0).then_some(self.total_rows_per_second),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        match lowest {
+            Some(ceiling) => batch_size.min((ceiling / 4).max(1) as i64),
+            None => batch_size,
+        }
     }
 
     /// Waits until `rows` may be deleted under both ceilings and reserves them. `false` when

@@ -11,32 +11,6 @@ pub struct OutboxMessage {
     pub payload: Vec<u8>,
 }
 
-pub async fn insert(
-    tx: &mut Transaction<'_, Postgres>,
-    routing_key: &str,
-    message_id: &str,
-    payload: &[u8],
-) -> Result<OutboxMessage, sqlx::Error> {
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO erasure.outbox (routing_key, message_id, payload) VALUES ($1, $2, $3) RETURNING id",
-    )
-    .bind(routing_key)
-    .bind(message_id)
-    .bind(payload)
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(OutboxMessage {
-        id,
-        routing_key: routing_key.into(),
-        message_id: message_id.into(),
-        payload: payload.to_vec(),
-    })
-}
-
-/// Deletes published messages. A relaxed commit (see [`super::begin_relaxed`]): lost in a
-/// crash, the rows are published again by the relay, a duplicate that consumers absorb.
-/// Inserts several messages of one routing key in one statement (one round trip, not one
-/// per message: planning a request inserts one per bot).
 pub async fn insert_many(
     tx: &mut Transaction<'_, Postgres>,
     routing_key: &str,

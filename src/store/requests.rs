@@ -356,17 +356,19 @@ pub struct Settled {
     pub seconds: f64,
 }
 
-/// Counts a finished task; settles the request when it was the last one. Returns the
+/// Counts `tasks` finished tasks; settles the request when they were the last ones. Returns the
 /// request's final status when this call settled it.
-pub async fn count_task_done(
+pub async fn count_tasks_done(
     tx: &mut Transaction<'_, Postgres>,
     id: &RequestId,
+    tasks: u64,
 ) -> Result<Option<Settled>, sqlx::Error> {
     let (done, total): (i32, i32) = sqlx::query_as(
-        "UPDATE erasure.requests SET tasks_done = tasks_done + 1, updated_at = now()
+        "UPDATE erasure.requests SET tasks_done = tasks_done + $2, updated_at = now()
           WHERE request_id = $1 RETURNING tasks_done, tasks_total",
     )
     .bind(id)
+    .bind(tasks as i32)
     .fetch_one(&mut **tx)
     .await?;
     if done >= total {
@@ -522,7 +524,7 @@ pub async fn status_document(
                 COALESCE(sum(t.rows_conversations), 0)::bigint AS conversations,
                 COALESCE(sum(t.rows_sessions), 0)::bigint AS sessions,
                 COALESCE(sum(t.rows_analytics), 0)::bigint AS analytics
-           FROM erasure.requests r LEFT JOIN erasure.tasks t USING (request_id)
+           FROM erasure.requests r LEFT JOIN erasure.task_totals t USING (request_id)
           WHERE r.request_id = $1 AND ($2::text IS NULL OR r.account_id = $2)
           GROUP BY r.request_id",
     )

@@ -21,88 +21,105 @@ pub async fn insert(
     Ok(())
 }
 
-/// What a worker needs to run a task.
-#[derive(sqlx::FromRow, Debug)]
-pub struct TaskRow {
-    pub status: String,
-    pub slice: i32,
+/// What a worker needs to run the tasks of a message: the request's users, and each task's
+/// state.
+#[derive(Debug)]
+pub struct TaskGroup {
     pub erase_user_ids: Vec<String>,
+    pub tasks: Vec<TaskState>,
 }
 
-/// Reads the task and stamps its start. A relaxed commit (see [`super::begin_relaxed`]): the
-/// stamp is informational, and a lost one is set again by the next delivery.
+#[derive(sqlx::FromRow, Debug, Clone, PartialEq, Eq)]
+pub struct TaskState {
+    pub bot_id: String,
+    pub status: String,
+    pub slice: i32,
+}
+
+/// Reads the request's users and the tasks of `bots`, and stamps their start. `None` when the
+/// request or any of the tasks is unknown. A relaxed commit (see [`super::begin_relaxed`]):
+/// the stamp is informational, and a lost one is set again by the next delivery.
 pub async fn load(
     pool: &PgPool,
     id: &RequestId,
-    bot_id: &str,
-) -> Result<Option<TaskRow>, sqlx::Error> {
+    bots: &[String],
+) -> Result<Option<TaskGroup>, sqlx::Error> {
     let mut tx = super::begin_relaxed(pool).await?;
-    let row = sqlx::query_as(
-        "UPDATE erasure.tasks t SET started_at = COALESCE(t.started_at, now())
-           FROM erasure.requests r
-          WHERE t.request_id = $1 AND t.bot_id = $2 AND r.request_id = t.request_id
-          RETURNING t.status, t.slice, r.erase_user_ids",
+    let users: Option<Vec<String>> =
+        sqlx::query_scalar("SELECT erase_user_ids FROM erasure.requests WHERE request_id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let tasks: Vec<TaskState> = sqlx::query_as(
+        "UPDATE erasure.tasks SET started_at = COALESCE(started_at, now())
+          WHERE request_id = $1 AND bot_id = ANY($2)
+          RETURNING bot_id, status, slice",
     )
     .bind(id)
-    .bind(bot_id)
-    .fetch_optional(&mut *tx)
+    .bind(bots)
+    .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(row)
+    Ok(match users {
+        Some(erase_user_ids) if tasks.len() == bots.len() => Some(TaskGroup {
+            erase_user_ids,
+            tasks,
+        }),
+        _ => None,
+    })
 }
 
-/// Marks the task done unless it already is; `true` when this call did it, so that it is
-/// counted exactly once.
+/// Marks the tasks of `bots` done where they are not yet; returns how many this call marked,
+/// so that each is counted exactly once.
 pub async fn mark_done(
     tx: &mut Transaction<'_, Postgres>,
     id: &RequestId,
-    bot_id: &str,
-) -> Result<bool, sqlx::Error> {
+    bots: &[String],
+) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
         "UPDATE erasure.tasks SET status = 'done', failure_reason = NULL, completed_at = now(), updated_at = now()
-          WHERE request_id = $1 AND bot_id = $2 AND status <> 'done'",
+          WHERE request_id = $1 AND bot_id = ANY($2) AND status <> 'done'",
     )
     .bind(id)
-    .bind(bot_id)
+    .bind(bots)
     .execute(&mut **tx)
     .await?
-    .rows_affected()
-        == 1)
+    .rows_affected())
 }
 
-/// Advances the task to its next slice if `slice` is still its current one; `false` for a
-/// stale or duplicated delivery, which must not publish a continuation of its own.
+/// Advances to their next slice the tasks of `bots` whose current slice is still `slice`, and
+/// returns their bots: the ones this delivery hands over to a continuation. A stale or
+/// duplicated delivery gets none, and must not publish a continuation of its own.
 pub async fn advance_slice(
     tx: &mut Transaction<'_, Postgres>,
     id: &RequestId,
-    bot_id: &str,
+    bots: &[String],
     slice: i32,
-) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
         "UPDATE erasure.tasks SET slice = slice + 1, updated_at = now()
-          WHERE request_id = $1 AND bot_id = $2 AND slice = $3 AND status <> 'done'",
+          WHERE request_id = $1 AND bot_id = ANY($2) AND slice = $3 AND status <> 'done'
+          RETURNING bot_id",
     )
     .bind(id)
-    .bind(bot_id)
+    .bind(bots)
     .bind(slice)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected()
-        == 1)
+    .fetch_all(&mut **tx)
+    .await
 }
 
 pub async fn mark_failed(
     tx: &mut Transaction<'_, Postgres>,
     id: &RequestId,
-    bot_id: &str,
+    bots: &[String],
     reason: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE erasure.tasks SET status = 'failed', failure_reason = $3, updated_at = now()
-          WHERE request_id = $1 AND bot_id = $2 AND status <> 'done'",
+          WHERE request_id = $1 AND bot_id = ANY($2) AND status <> 'done'",
     )
     .bind(id)
-    .bind(bot_id)
+    .bind(bots)
     .bind(reason)
     .execute(&mut **tx)
     .await?;
@@ -122,7 +139,7 @@ pub struct TaskAudit {
 pub async fn audit(pool: &PgPool, id: &RequestId) -> Result<Vec<TaskAudit>, sqlx::Error> {
     sqlx::query_as(
         "SELECT bot_id, status, rows_conversations, rows_sessions, rows_analytics
-           FROM erasure.tasks WHERE request_id = $1 ORDER BY bot_id",
+           FROM erasure.task_totals WHERE request_id = $1 ORDER BY bot_id",
     )
     .bind(id)
     .fetch_all(pool)

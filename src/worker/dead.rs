@@ -18,10 +18,10 @@ pub enum Subject<'a> {
         request_id: Option<&'a RequestId>,
         account_id: Option<&'a str>,
     },
-    /// One task of a request.
+    /// The tasks of a request that one task message works.
     Task {
         request_id: &'a RequestId,
-        bot_id: &'a str,
+        bots: &'a [String],
     },
 }
 
@@ -63,8 +63,8 @@ pub async fn dead_letter(
             Subject::Request {
                 request_id: None, ..
             } => None,
-            Subject::Task { request_id, bot_id } => {
-                tasks::mark_failed(&mut tx, request_id, bot_id, reason).await?;
+            Subject::Task { request_id, bots } => {
+                tasks::mark_failed(&mut tx, request_id, bots, reason).await?;
                 requests::mark_failed(&mut tx, request_id, reason).await?
             }
         };

@@ -217,16 +217,13 @@ async fn plan(ctx: &Ctx, msg: &EraseMessage) -> Result<Vec<OutboxMessage>, PlanE
         return Ok(Vec::new());
     }
     tasks::insert(&mut tx, &msg.request_id, &bots).await?;
+    // One message per group of bots: a group's tasks share their delete statements, which
+    // visit each heap page once for all of its bots rather than once per bot.
     let queued: Vec<(String, Vec<u8>)> = bots
-        .iter()
-        .map(|bot| {
-            let task = TaskMessage {
-                version: 1,
-                request_id: msg.request_id.clone(),
-                bot_id: bot.clone(),
-                slice: 0,
-            };
-            (format!("{}/{}/0", msg.request_id, bot), task.to_json())
+        .chunks(ctx.config.bots_per_message.max(1))
+        .map(|group| {
+            let task = TaskMessage::new(&msg.request_id, group, 0);
+            (task.message_id(), task.to_json())
         })
         .collect();
     let messages = outbox::insert_many(&mut tx, TASK_ROUTING_KEY, &queued).await?;

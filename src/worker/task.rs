@@ -1,6 +1,8 @@
-//! Executing a task: delete the request's users' rows in one bot, batch by batch, for at most
-//! one slice per delivery. A drained task is marked done (once); an unfinished one commits its
-//! continuation to the outbox, publishes it, and only then acknowledges its delivery.
+//! Executing tasks: delete the request's users' rows in the bots a task message names, batch by
+//! batch, for at most one slice per delivery. Drained tasks are marked done (once each); an
+//! unfinished message commits its continuation to the outbox (split in two when it works
+//! several bots, so that other replicas can take half), publishes it, and only then
+//! acknowledges its delivery.
 
 use std::{sync::Arc, time::Instant};
 
@@ -13,7 +15,7 @@ use super::{
     dead::{Subject, dead_letter},
 };
 use crate::{
-    contract::{TASK_ROUTING_KEY, TaskMessage},
+    contract::{RequestId, TASK_ROUTING_KEY, TaskMessage},
     erase::{self, Store},
     queue::consumer::{Handler, Outcome},
     retry,
@@ -60,11 +62,12 @@ impl Handler for TaskHandler {
                 .await;
             }
         };
-        let span = tracing::info_span!("task", request_id = %msg.request_id, bot_id = %msg.bot_id, slice = msg.slice);
+        let bots = msg.bots();
+        let span = tracing::info_span!("task", request_id = %msg.request_id, bot_id = %msg.bot_id, bots = bots.len(), slice = msg.slice);
         async {
             let subject = || Subject::Task {
                 request_id: &msg.request_id,
-                bot_id: &msg.bot_id,
+                bots: &bots,
             };
             let delivery = Ctx::delivery_number(&props);
             if delivery > u64::from(ctx.config.max_deliveries) {
@@ -138,133 +141,183 @@ impl From<sqlx::Error> for TaskError {
     }
 }
 
-/// Works one slice of the task.
+/// Works one slice of the message's tasks.
 pub async fn run(
     ctx: &Ctx,
     msg: &TaskMessage,
     stop: &CancellationToken,
 ) -> Result<Step, TaskError> {
-    let task = retry::db("load_task", || {
-        tasks::load(&ctx.pool, &msg.request_id, &msg.bot_id)
+    let bots = msg.bots();
+    let group = retry::db("load_task", || {
+        tasks::load(&ctx.pool, &msg.request_id, &bots)
     })
     .await?
     .ok_or(TaskError::Unknown)?;
-    if task.status == "done" {
-        return Ok(Step::Done);
+    // The tasks this delivery works: not done, and not already handed over to a later slice
+    // (by a duplicate of this message that got further, or by a message of their own).
+    let bots: Vec<String> = group
+        .tasks
+        .iter()
+        .filter(|t| t.status != "done" && t.slice <= msg.slice)
+        .map(|t| t.bot_id.clone())
+        .collect();
+    if bots.is_empty() {
+        return Ok(if group.tasks.iter().all(|t| t.status == "done") {
+            Step::Done
+        } else {
+            Step::Stale
+        });
     }
-    if msg.slice < task.slice {
-        return Ok(Step::Stale);
-    }
-    if task.slice == 0 && msg.slice == 0 {
-        metrics::counter!("erasure_tasks_started_total").increment(1);
+    if msg.slice == 0 {
+        metrics::counter!("erasure_tasks_started_total").increment(bots.len() as u64);
     }
     // The rules are applied again: a user may have become protected since planning.
     let users = &retry::db("recheck_protection", || {
-        requests::reject_newly_protected(&ctx.pool, &msg.request_id, &task.erase_user_ids)
+        requests::reject_newly_protected(&ctx.pool, &msg.request_id, &group.erase_user_ids)
     })
     .await?;
-    let limit = ctx.config.batch_size;
-    let mut budget = ctx.config.batches_per_slice;
+    // The three stores at once, each on its own connection: they are separate tables, so
+    // their statements share no pages and no locks, and the database works them on as many
+    // cores as it has. Each store runs batches until one proves it drained.
+    let stores = Store::ALL.map(|store| drain(ctx, msg, store, &bots, users, stop));
     let mut deleted = 0;
-    // Rounds of one statement deleting a batch from every store not yet drained, until each
-    // store has had a batch that saw fewer candidates than its limit: that batch proved it
-    // drained, so no further check is needed.
-    let mut drained_stores = [false; 3];
-    let drained = loop {
-        if drained_stores.iter().all(|d| *d) {
-            break true;
-        }
-        if budget == 0 || stop.is_cancelled() {
-            break false;
-        }
-        budget -= 1;
-        // The batch size bounds the statement: it is shared among the stores still to drain
-        // (a store that drains early leaves the next rounds to the others). So a statement
-        // never deletes more than one batch, and under a ceiling what a round reserves is
-        // one batch, as it was with one statement per store.
-        let active = drained_stores.iter().filter(|d| !**d).count() as i64;
-        let store_limit = (limit + active - 1) / active;
-        let limits = drained_stores.map(|d| if d { 0 } else { store_limit });
-        let reserved: i64 = limits.iter().sum();
-        if !ctx
-            .throttle
-            .reserve(&ctx.pool, reserved as u64, stop)
-            .await?
-        {
-            break false;
-        }
-        let started = Instant::now();
-        let batches = retry::db("delete_batch", || {
-            erase::delete_batches(&ctx.pool, &msg.request_id, &msg.bot_id, users, limits)
-        })
-        .await?;
-        let took = started.elapsed().as_secs_f64();
-        let mut round = 0;
-        for (((store, batch), done), store_limit) in Store::ALL
-            .iter()
-            .zip(batches)
-            .zip(&mut drained_stores)
-            .zip(limits)
-        {
-            if store_limit > 0 {
-                // The statement's duration is each of its batches' lock time.
-                metrics::histogram!("erasure_delete_batch_seconds", "store" => store.name())
-                    .record(took);
-            }
-            metrics::counter!("erasure_rows_deleted_total", "store" => store.name())
-                .increment(batch.deleted);
-            round += batch.deleted;
-            *done |= batch.drained;
-        }
-        ctx.throttle
-            .refund(&ctx.pool, (reserved as u64).saturating_sub(round))
-            .await?;
-        deleted += round;
-    };
+    let mut drained = true;
+    for outcome in futures_util::future::join_all(stores).await {
+        let (rows, store_drained) = outcome?;
+        deleted += rows;
+        drained &= store_drained;
+    }
     // Which delivery deleted what: evidence when a task ran in two places at once.
-    tracing::debug!(rows = deleted, drained, "slice worked");
+    tracing::debug!(
+        rows = deleted,
+        drained,
+        bots = bots.join(","),
+        "slice worked"
+    );
     if drained {
         let settled = retry::db("complete_task", || async {
             let mut tx = ctx.pool.begin().await?;
+            let done = tasks::mark_done(&mut tx, &msg.request_id, &bots).await?;
             let mut settled = None;
-            if tasks::mark_done(&mut tx, &msg.request_id, &msg.bot_id).await? {
-                settled = Some(requests::count_task_done(&mut tx, &msg.request_id).await?);
+            if done > 0 {
+                settled = requests::count_tasks_done(&mut tx, &msg.request_id, done).await?;
             }
             tx.commit().await?;
-            Ok(settled)
+            Ok((done, settled))
         })
         .await?;
-        if let Some(done) = settled {
-            metrics::counter!("erasure_tasks_completed_total").increment(1);
-            if let Some(settled) = done {
-                crate::telemetry::record_settled(&settled);
-                tracing::info!(status = settled.status, "request settled");
-            }
+        let (done, settled) = settled;
+        metrics::counter!("erasure_tasks_completed_total").increment(done);
+        if let Some(settled) = settled {
+            crate::telemetry::record_settled(&settled);
+            tracing::info!(status = settled.status, "request settled");
         }
         return Ok(Step::Done);
     }
-    let next = TaskMessage {
-        slice: msg.slice + 1,
-        ..msg.clone()
-    };
     let queued = retry::db("continue_task", || async {
         let mut tx = ctx.pool.begin().await?;
-        let mut queued = None;
-        if tasks::advance_slice(&mut tx, &msg.request_id, &msg.bot_id, msg.slice).await? {
-            let id = format!("{}/{}/{}", msg.request_id, msg.bot_id, next.slice);
-            queued = Some(outbox::insert(&mut tx, TASK_ROUTING_KEY, &id, &next.to_json()).await?);
-        }
+        let advanced = tasks::advance_slice(&mut tx, &msg.request_id, &bots, msg.slice).await?;
+        let next: Vec<(String, Vec<u8>)> = continuations(&msg.request_id, &advanced, msg.slice + 1)
+            .iter()
+            .map(|m| (m.message_id(), m.to_json()))
+            .collect();
+        let queued = if next.is_empty() {
+            Vec::new()
+        } else {
+            outbox::insert_many(&mut tx, TASK_ROUTING_KEY, &next).await?
+        };
         tx.commit().await?;
         Ok(queued)
     })
     .await?;
-    match queued {
-        Some(m) => {
-            ctx.publisher
-                .publish_outbox(&ctx.pool, std::slice::from_ref(&m))
-                .await;
-            Ok(Step::Continued)
+    if queued.is_empty() {
+        return Ok(Step::Stale);
+    }
+    ctx.publisher.publish_outbox(&ctx.pool, &queued).await;
+    Ok(Step::Continued)
+}
+
+/// Deletes the users' rows in the bots from one store, batch by batch, until a batch proves
+/// the store drained (`true`) or the slice's budget is spent or shutdown begins (`false`).
+/// Returns the rows deleted.
+async fn drain(
+    ctx: &Ctx,
+    msg: &TaskMessage,
+    store: Store,
+    bots: &[String],
+    users: &[String],
+    stop: &CancellationToken,
+) -> Result<(u64, bool), TaskError> {
+    let limit = ctx.throttle.batch(ctx.config.batch_size);
+    let mut deleted = 0;
+    for _ in 0..ctx.config.batches_per_slice {
+        if stop.is_cancelled() || !ctx.throttle.reserve(&ctx.pool, limit as u64, stop).await? {
+            break;
         }
-        None => Ok(Step::Stale),
+        let started = Instant::now();
+        let batch = retry::db("delete_batch", || {
+            erase::delete_batch(&ctx.pool, store, &msg.request_id, bots, users, limit)
+        })
+        .await?;
+        let took = started.elapsed().as_secs_f64();
+        metrics::histogram!("erasure_delete_batch_seconds", "store" => store.name()).record(took);
+        tracing::trace!(
+            store = store.name(),
+            rows = batch.deleted,
+            drained = batch.drained,
+            seconds = took,
+            "batch"
+        );
+        metrics::counter!("erasure_rows_deleted_total", "store" => store.name())
+            .increment(batch.deleted);
+        ctx.throttle
+            .refund(&ctx.pool, (limit as u64).saturating_sub(batch.deleted))
+            .await?;
+        deleted += batch.deleted;
+        if batch.drained {
+            return Ok((deleted, true));
+        }
+    }
+    Ok((deleted, false))
+}
+
+/// The messages that continue `bots` at `slice`: two halves when there are several, so that
+/// a request too long for one slice spreads over the replicas (halving again at each slice),
+/// while a short one stays in the one message whose shared statements suit it best.
+fn continuations(request: &RequestId, bots: &[String], slice: i32) -> Vec<TaskMessage> {
+    if bots.is_empty() {
+        return Vec::new();
+    }
+    let half = bots.len().div_ceil(2);
+    bots.chunks(half)
+        .map(|part| TaskMessage::new(request, part, slice))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bots(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("b-{i}")).collect()
+    }
+
+    #[test]
+    fn a_continuation_splits_its_bots_in_two_halves() {
+        let id = RequestId::parse("eud-1").unwrap();
+        let next = continuations(&id, &bots(5), 2);
+        let parts: Vec<Vec<String>> = next.iter().map(TaskMessage::bots).collect();
+        assert_eq!(parts, [bots(5)[..3].to_vec(), bots(5)[3..].to_vec()]);
+        assert!(next.iter().all(|m| m.slice == 2));
+        let ids: Vec<String> = next.iter().map(TaskMessage::message_id).collect();
+        assert_eq!(ids, ["eud-1/b-1/2", "eud-1/b-4/2"], "distinct message ids");
+
+        let single = continuations(&id, &bots(1), 7);
+        assert_eq!(single.len(), 1);
+        assert_eq!(single[0].bots(), bots(1));
+        assert!(
+            continuations(&id, &[], 1).is_empty(),
+            "nothing advanced, nothing continues"
+        );
     }
 }

@@ -206,14 +206,15 @@ async fn an_erasure_through_the_binary_shows_in_metrics_and_json_logs() {
     assert_eq!(m("erasure_tasks_planned_total", &[]), 2.0);
     assert_eq!(m("erasure_tasks_started_total", &[]), 2.0);
     assert_eq!(m("erasure_tasks_completed_total", &[]), 2.0);
-    assert!(m("erasure_task_slice_seconds_count", &[]) >= 2.0);
+    // Both bots' tasks in one message, worked in one slice (or more).
+    assert!(m("erasure_task_slice_seconds_count", &[]) >= 1.0);
     for store in ["conversations", "sessions", "analytics"] {
         assert_eq!(
             m("erasure_rows_deleted_total", &[("store", store)]),
             14.0,
             "{store}: 7 rows in each of 2 bots"
         );
-        assert!(m("erasure_delete_batch_seconds_count", &[("store", store)]) >= 2.0);
+        assert!(m("erasure_delete_batch_seconds_count", &[("store", store)]) >= 1.0);
     }
     assert_eq!(m("erasure_outbox_backlog", &[]), 0.0);
     for queue in ["requests", "tasks"] {
