@@ -250,13 +250,21 @@ async fn drain(
 ) -> Result<(u64, bool), TaskError> {
     let limit = ctx.throttle.batch(ctx.config.batch_size);
     let mut deleted = 0;
-    for _ in 0..ctx.config.batches_per_slice {
+    for round in 0..ctx.config.batches_per_slice {
         if stop.is_cancelled() || !ctx.throttle.reserve(&ctx.pool, limit as u64, stop).await? {
             break;
         }
         let started = Instant::now();
         let batch = retry::db("delete_batch", || {
-            erase::delete_batch(&ctx.pool, store, &msg.request_id, bots, users, limit)
+            erase::delete_batch(
+                &ctx.pool,
+                store,
+                &msg.request_id,
+                bots,
+                users,
+                limit,
+                round == 0,
+            )
         })
         .await?;
         let took = started.elapsed().as_secs_f64();
