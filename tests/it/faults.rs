@@ -610,10 +610,11 @@ async fn sigterm_mid_erasure_exits_cleanly_and_a_restart_finishes_the_work() {
         .await
         .unwrap();
     let queued = s.env.queue_depth(&s.env.topology().tasks_queue()).await;
+    // The request's one message (both bots) continues as two halves, one bot each.
     assert_eq!(
         queued as i64 + outbox,
         2,
-        "each unfinished task left a continuation behind"
+        "the unfinished message left its continuation behind, split in two"
     );
 
     let _worker = Process::spawn(&s.env, "worker", SLOW).await;
