@@ -175,9 +175,7 @@ async fn delete_all(
     users: &[String],
     limit: i64,
 ) -> Result<Option<Batch>, sqlx::Error> {
-    let mut tx = pool
-        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ; SET LOCAL synchronous_commit = off")
-        .await?;
+    let mut tx = crate::store::begin_relaxed_snapshot(pool).await?;
     let counts: Vec<(String, i64)> = sqlx::query_as(store.count_sql())
         .persistent(false)
         .bind(users)

@@ -81,6 +81,14 @@ pub async fn begin_relaxed(pool: &PgPool) -> Result<Transaction<'static, Postgre
         .await
 }
 
+/// [`begin_relaxed`] at REPEATABLE READ: every statement of the transaction sees one snapshot.
+pub async fn begin_relaxed_snapshot(
+    pool: &PgPool,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ; SET LOCAL synchronous_commit = off")
+        .await
+}
+
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     // Concurrent replicas starting together serialize on sqlx's advisory lock.
     MIGRATOR.run(pool).await.context("applying migrations")?;
