@@ -965,6 +965,9 @@ async fn cleanup(opts: &Options) {
             let _ = ch
                 .exchange_delete(topology.exchange().as_str().into(), Default::default())
                 .await;
+            // Closed before the connection: a channel dropped on a closing connection makes
+            // lapin log an error.
+            let _ = ch.close(200, "bye".into()).await;
         }
         let _ = conn.close(200, "bye".into()).await;
     }
