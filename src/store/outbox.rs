@@ -11,6 +11,8 @@ pub struct OutboxMessage {
     pub payload: Vec<u8>,
 }
 
+/// Inserts several messages of one routing key in one statement (one round trip, not one per
+/// message: planning a request inserts one per group of bots).
 pub async fn insert_many(
     tx: &mut Transaction<'_, Postgres>,
     routing_key: &str,
@@ -31,6 +33,8 @@ pub async fn insert_many(
     .await
 }
 
+/// Deletes published messages. A relaxed commit (see [`super::begin_relaxed`]): lost in a
+/// crash, the rows are published again by the relay, a duplicate that consumers absorb.
 pub async fn delete(pool: &PgPool, ids: &[i64]) -> Result<(), sqlx::Error> {
     let mut tx = super::begin_relaxed(pool).await?;
     sqlx::query("DELETE FROM erasure.outbox WHERE id = ANY($1)")
