@@ -642,6 +642,19 @@ impl TaskMessage {
         }
     }
 
+    /// Messages for `bots` of the request at `slice`, up to `per_message` bots each (none for
+    /// no bots).
+    pub fn for_bots(
+        request_id: &RequestId,
+        bots: &[String],
+        per_message: usize,
+        slice: i32,
+    ) -> Vec<Self> {
+        bots.chunks(per_message.max(1))
+            .map(|group| Self::new(request_id, group, slice))
+            .collect()
+    }
+
     /// The bots this message works.
     pub fn bots(&self) -> Vec<String> {
         if self.bot_ids.is_empty() {
@@ -663,6 +676,11 @@ impl TaskMessage {
 
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a task message serializes")
+    }
+
+    /// The message id and payload the outbox keeps.
+    pub fn outbox_entry(&self) -> (String, Vec<u8>) {
+        (self.message_id(), self.to_json())
     }
 }
 

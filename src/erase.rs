@@ -1,9 +1,8 @@
 //! The three stores erased per (bot, user), and their bounded, idempotent batch deletes.
 //!
-//! Each batch is one statement, hence one short transaction: it deletes at most `limit` rows
-//! of the given users in the given bots from one store and adds the counts to each bot's task
-//! in the same statement, so the counts are exact even when two workers run the same task at
-//! once.
+//! Each batch is one short transaction: it deletes at most `limit` rows of the given users in
+//! the given bots from one store and adds the counts to each bot's task in the same
+//! transaction, so the counts are exact even when two workers run the same task at once.
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},
@@ -34,9 +33,20 @@ impl Store {
         }
     }
 
-    /// The store's batch statement: deletes at most $3 of the users' ($1) rows in the bots
-    /// ($2) and counts them per bot for the request ($4) in `erasure.task_rows`, in the same
-    /// transaction; returns the rows deleted and whether the store is now drained.
+    fn sql(self) -> &'static Statements {
+        match self {
+            Self::Conversations => &CONVERSATIONS,
+            Self::Sessions => &SESSIONS,
+            Self::Analytics => &ANALYTICS,
+        }
+    }
+}
+
+/// A store's statements. Each takes the users ($1) and the bots ($2), and where it has a
+/// limit, the limit ($3).
+struct Statements {
+    /// Deletes at most $3 of the rows and returns the rows deleted per bot and whether the
+    /// store is now drained.
     ///
     /// `c` picks up to the limit of row addresses through the (user_id, bot_id) index, and
     /// the DELETE fetches them by address (a TID scan, no second index pass) re-checking the
@@ -52,73 +62,59 @@ impl Store {
     /// user are scattered through the tables, so each bot's statement visited most of the
     /// heap pages the others visited; for 500 users over 20 bots that was 2-3x the database
     /// work of one statement for all of them.
-    fn batch_sql(self) -> &'static str {
-        macro_rules! batch_sql {
-            ($table:literal, $store:literal) => {
-                concat!(
-                    "WITH c AS (SELECT ARRAY(SELECT ctid FROM ", $table, "
-                                              WHERE user_id = ANY($1) AND bot_id = ANY($2) LIMIT $3) AS ids),
-                          d AS (DELETE FROM ", $table, "
-                                 WHERE ctid = ANY((SELECT ids FROM c)::tid[]) AND user_id = ANY($1) AND bot_id = ANY($2)
-                                RETURNING bot_id),
-                          counted AS (INSERT INTO erasure.task_rows AS t (request_id, bot_id, store, rows)
-                                      SELECT $4, bot_id, '", $store, "', count(*) FROM d GROUP BY bot_id
-                                      ON CONFLICT (request_id, bot_id, store) DO UPDATE SET rows = t.rows + excluded.rows)
-                     -- `counted` runs although nothing reads it: data-modifying WITH queries always do.
-                     SELECT (SELECT count(*) FROM d), COALESCE(cardinality((SELECT ids FROM c)), 0) < $3"
-                )
-            };
-        }
-        match self {
-            Self::Conversations => batch_sql!("platform.conversations", "conversations"),
-            Self::Sessions => batch_sql!("platform.sessions", "sessions"),
-            Self::Analytics => batch_sql!("platform.analytics_events", "analytics"),
-        }
-    }
-
-    /// The users' ($1) rows in the bots ($2) per bot, counted up to one more than $3 through
-    /// the (user_id, bot_id) index (an index-only scan where the visibility map allows).
-    fn count_sql(self) -> &'static str {
-        macro_rules! count_sql {
-            ($table:literal) => {
-                concat!(
-                    "SELECT bot_id, count(*) FROM (SELECT bot_id FROM ", $table, "
-                                                    WHERE user_id = ANY($1) AND bot_id = ANY($2) LIMIT $3 + 1) x
-                      GROUP BY bot_id"
-                )
-            };
-        }
-        match self {
-            Self::Conversations => count_sql!("platform.conversations"),
-            Self::Sessions => count_sql!("platform.sessions"),
-            Self::Analytics => count_sql!("platform.analytics_events"),
-        }
-    }
-
-    /// Every row of the users ($1) in the bots ($2): plain SQL's one pass.
-    fn delete_all_sql(self) -> &'static str {
-        match self {
-            Self::Conversations => {
-                "DELETE FROM platform.conversations WHERE user_id = ANY($1) AND bot_id = ANY($2)"
-            }
-            Self::Sessions => {
-                "DELETE FROM platform.sessions WHERE user_id = ANY($1) AND bot_id = ANY($2)"
-            }
-            Self::Analytics => {
-                "DELETE FROM platform.analytics_events WHERE user_id = ANY($1) AND bot_id = ANY($2)"
-            }
-        }
-    }
+    batch: &'static str,
+    /// The rows per bot, counted up to one more than $3 through the (user_id, bot_id) index
+    /// (an index-only scan where the visibility map allows).
+    count: &'static str,
+    /// Every row: plain SQL's one pass.
+    delete_all: &'static str,
 }
 
-/// Adds rows deleted per bot ($3, $4) of one store ($2) to the request's ($1) tasks.
+macro_rules! statements {
+    ($table:literal) => {
+        Statements {
+            batch: concat!(
+                "WITH c AS (SELECT ARRAY(SELECT ctid FROM ", $table, "
+                                          WHERE user_id = ANY($1) AND bot_id = ANY($2) LIMIT $3) AS ids),
+                      d AS (DELETE FROM ", $table, "
+                             WHERE ctid = ANY((SELECT ids FROM c)::tid[]) AND user_id = ANY($1) AND bot_id = ANY($2)
+                            RETURNING bot_id),
+                      per_bot AS (SELECT bot_id, count(*) AS n FROM d GROUP BY bot_id)
+                 SELECT ARRAY(SELECT bot_id FROM per_bot), ARRAY(SELECT n FROM per_bot),
+                        COALESCE(cardinality((SELECT ids FROM c)), 0) < $3"
+            ),
+            count: concat!(
+                "SELECT bot_id, count(*) FROM (SELECT bot_id FROM ", $table, "
+                                                WHERE user_id = ANY($1) AND bot_id = ANY($2) LIMIT $3 + 1) x
+                  GROUP BY bot_id"
+            ),
+            delete_all: concat!(
+                "DELETE FROM ", $table, " WHERE user_id = ANY($1) AND bot_id = ANY($2)"
+            ),
+        }
+    };
+}
+
+static CONVERSATIONS: Statements = statements!("platform.conversations");
+static SESSIONS: Statements = statements!("platform.sessions");
+static ANALYTICS: Statements = statements!("platform.analytics_events");
+
+/// Adds rows deleted per bot ($3, $4) of one store ($2) to the request's ($1) tasks: in the
+/// transaction that deleted them, so the counts are exact.
 const COUNT_ROWS_SQL: &str = "
     INSERT INTO erasure.task_rows AS t (request_id, bot_id, store, rows)
     SELECT $1, c.bot_id, $2, c.rows FROM unnest($3::text[], $4::bigint[]) AS c(bot_id, rows)
     ON CONFLICT (request_id, bot_id, store) DO UPDATE SET rows = t.rows + excluded.rows";
 
-/// Deletes one batch of at most `limit` of the users' rows in the bots from `store`, and
-/// counts them per bot in the same transaction.
+/// Whose rows a task message deletes.
+pub struct Target<'a> {
+    pub request: &'a RequestId,
+    pub bots: &'a [String],
+    pub users: &'a [String],
+}
+
+/// Deletes one batch of at most `limit` of the target's rows from `store`, and counts them per
+/// bot in the same transaction.
 ///
 /// `first` (the delivery's first batch of this store) tries plain SQL's way first: it counts
 /// the rows per bot through the index, and when they fit in the batch deletes them with one
@@ -128,21 +124,18 @@ const COUNT_ROWS_SQL: &str = "
 /// retried, rather than skip the row). Measured on 60,000 scattered conversations: 120 ms,
 /// where the batch statement's two passes over the heap (pick the addresses, then delete by
 /// address) and its `RETURNING` took 150-180. When the rows do not fit, or on every later
-/// batch, it runs [`Store::batch_sql`].
+/// batch, it runs the store's batch statement.
 pub async fn delete_batch(
     pool: &PgPool,
     store: Store,
-    request: &RequestId,
-    bots: &[String],
-    users: &[String],
+    target: &Target<'_>,
     limit: i64,
     first: bool,
 ) -> Result<Batch, sqlx::Error> {
-    let started = Instant::now();
-    if first && let Some(batch) = delete_all(pool, store, request, bots, users, limit).await? {
-        record_longest(started.elapsed());
+    if first && let Some(batch) = delete_all(pool, store, target, limit).await? {
         return Ok(batch);
     }
+    let started = Instant::now();
     // A relaxed commit: the task's completion or continuation, committed durably after the
     // last batch, makes every batch before it durable too (see `begin_relaxed`).
     let mut tx = crate::store::begin_relaxed(pool).await?;
@@ -150,36 +143,32 @@ pub async fn delete_batch(
     // constant, and PostgreSQL re-checks each deleted row's user against a hash of it instead
     // of a linear scan of up to 1,000 ids (a generic plan of a cached statement does the
     // latter: measured 1.5x the CPU of the whole statement for 500 users).
-    let (deleted, drained): (i64, bool) = sqlx::query_as(store.batch_sql())
+    let (bots, rows, drained): (Vec<String>, Vec<i64>, bool) = sqlx::query_as(store.sql().batch)
         .persistent(false)
-        .bind(users)
-        .bind(bots)
+        .bind(target.users)
+        .bind(target.bots)
         .bind(limit)
-        .bind(request)
         .fetch_one(&mut *tx)
         .await?;
+    let deleted = count_rows(&mut tx, store, target.request, &bots, &rows).await?;
     tx.commit().await?;
     record_longest(started.elapsed());
-    Ok(Batch {
-        deleted: deleted.max(0) as u64,
-        drained,
-    })
+    Ok(Batch { deleted, drained })
 }
 
 /// Plain SQL's way, when every row fits in one batch (`None` when they do not).
 async fn delete_all(
     pool: &PgPool,
     store: Store,
-    request: &RequestId,
-    bots: &[String],
-    users: &[String],
+    target: &Target<'_>,
     limit: i64,
 ) -> Result<Option<Batch>, sqlx::Error> {
+    let started = Instant::now();
     let mut tx = crate::store::begin_relaxed_snapshot(pool).await?;
-    let counts: Vec<(String, i64)> = sqlx::query_as(store.count_sql())
+    let counts: Vec<(String, i64)> = sqlx::query_as(store.sql().count)
         .persistent(false)
-        .bind(users)
-        .bind(bots)
+        .bind(target.users)
+        .bind(target.bots)
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
@@ -191,10 +180,10 @@ async fn delete_all(
     let deleted = if total == 0 {
         0
     } else {
-        sqlx::query(store.delete_all_sql())
+        sqlx::query(store.sql().delete_all)
             .persistent(false)
-            .bind(users)
-            .bind(bots)
+            .bind(target.users)
+            .bind(target.bots)
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -209,30 +198,44 @@ async fn delete_all(
         tx.rollback().await?;
         return Ok(None);
     }
-    if deleted > 0 {
-        let (bot_ids, rows): (Vec<String>, Vec<i64>) = counts.into_iter().unzip();
-        sqlx::query(COUNT_ROWS_SQL)
-            .bind(request)
-            .bind(store.name())
-            .bind(&bot_ids)
-            .bind(&rows)
-            .execute(&mut *tx)
-            .await?;
-    }
+    let (bots, rows): (Vec<String>, Vec<i64>) = counts.into_iter().unzip();
+    count_rows(&mut tx, store, target.request, &bots, &rows).await?;
     tx.commit().await?;
+    record_longest(started.elapsed());
     Ok(Some(Batch {
         deleted,
         drained: true,
     }))
 }
 
-/// Opens `connections` connections and runs each store's batch statement once on each, with
-/// no users (it matches and changes nothing), so that they exist and have the tables, indexes
-/// and catalog entries the deletes need cached before the first task arrives. A fresh
-/// PostgreSQL connection pays for both on first use, measured at 10–20 ms of database CPU per
-/// connection: for a worker that has just started (a new replica, or one of several started
-/// together) that lands on its first tasks, which is the moment they are measured and the
-/// moment the platform least needs it. Errors are ignored: a cold connection still works.
+/// Adds `rows` deleted per bot (`bots`, same order) from `store` to the request's tasks, and
+/// returns their sum.
+async fn count_rows(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    store: Store,
+    request: &RequestId,
+    bots: &[String],
+    rows: &[i64],
+) -> Result<u64, sqlx::Error> {
+    if !bots.is_empty() {
+        sqlx::query(COUNT_ROWS_SQL)
+            .bind(request)
+            .bind(store.name())
+            .bind(bots)
+            .bind(rows)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(rows.iter().sum::<i64>().max(0) as u64)
+}
+
+/// Opens `connections` connections and runs each store's batch and count statements once on
+/// each, with no users (they match and change nothing), so that they exist and have the
+/// tables, indexes and catalog entries the deletes need cached before the first task arrives.
+/// A fresh PostgreSQL connection pays for both on first use, measured at 10–20 ms of database
+/// CPU per connection: for a worker that has just started (a new replica, or one of several
+/// started together) that lands on its first tasks, which is the moment they are measured and
+/// the moment the platform least needs it. Errors are ignored: a cold connection still works.
 pub async fn warm_up(pool: &PgPool, connections: usize) {
     let mut held = Vec::with_capacity(connections);
     for _ in 0..connections {
@@ -244,26 +247,17 @@ pub async fn warm_up(pool: &PgPool, connections: usize) {
     // No user or bot has an empty id, so the statements find nothing, but they are planned
     // and run through the same indexes as real batches.
     let none = vec![String::new()];
-    let Some(request) = RequestId::parse("eud-warm-up") else {
-        return;
-    };
     let runs = held.iter_mut().map(|conn| async {
         for store in Store::ALL {
-            let _ = sqlx::query(store.batch_sql())
-                .persistent(false)
-                .bind(&none)
-                .bind(&none)
-                .bind(1_i64)
-                .bind(&request)
-                .execute(&mut **conn)
-                .await;
-            let _ = sqlx::query(store.count_sql())
-                .persistent(false)
-                .bind(&none)
-                .bind(&none)
-                .bind(1_i64)
-                .execute(&mut **conn)
-                .await;
+            for sql in [store.sql().batch, store.sql().count] {
+                let _ = sqlx::query(sql)
+                    .persistent(false)
+                    .bind(&none)
+                    .bind(&none)
+                    .bind(1_i64)
+                    .execute(&mut **conn)
+                    .await;
+            }
         }
     });
     futures_util::future::join_all(runs).await;
@@ -273,7 +267,7 @@ pub async fn warm_up(pool: &PgPool, connections: usize) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Batch {
     pub deleted: u64,
-    /// No row of the users in the bot is left in this store (as of the statement's snapshot).
+    /// No row of the users in the bots is left in this store (as of the statement's snapshot).
     pub drained: bool,
 }
 
@@ -322,11 +316,6 @@ impl Throttle {
             }),
             total_rows_per_second: total,
         }
-    }
-
-    /// True when a ceiling is set.
-    pub fn is_active(&self) -> bool {
-        self.local.is_some() || self.total_rows_per_second > 0
     }
 
     /// The rows one statement may take: `batch_size`, or under a ceiling at most a quarter

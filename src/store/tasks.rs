@@ -29,7 +29,7 @@ pub struct TaskGroup {
     pub tasks: Vec<TaskState>,
 }
 
-#[derive(sqlx::FromRow, Debug, Clone, PartialEq, Eq)]
+#[derive(sqlx::FromRow, Debug)]
 pub struct TaskState {
     pub bot_id: String,
     pub status: String,

@@ -219,13 +219,11 @@ async fn plan(ctx: &Ctx, msg: &EraseMessage) -> Result<Vec<OutboxMessage>, PlanE
     tasks::insert(&mut tx, &msg.request_id, &bots).await?;
     // One message per group of bots: a group's tasks share their delete statements, which
     // visit each heap page once for all of its bots rather than once per bot.
-    let queued: Vec<(String, Vec<u8>)> = bots
-        .chunks(ctx.config.bots_per_message.max(1))
-        .map(|group| {
-            let task = TaskMessage::new(&msg.request_id, group, 0);
-            (task.message_id(), task.to_json())
-        })
-        .collect();
+    let queued: Vec<(String, Vec<u8>)> =
+        TaskMessage::for_bots(&msg.request_id, &bots, ctx.config.bots_per_message, 0)
+            .iter()
+            .map(TaskMessage::outbox_entry)
+            .collect();
     let messages = outbox::insert_many(&mut tx, TASK_ROUTING_KEY, &queued).await?;
     requests::mark_planned(&mut tx, &msg.request_id, &erase, bots.len() as i32).await?;
     tx.commit().await?;

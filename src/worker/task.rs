@@ -63,7 +63,7 @@ impl Handler for TaskHandler {
             }
         };
         let bots = msg.bots();
-        let span = tracing::info_span!("task", request_id = %msg.request_id, bot_id = %msg.bot_id, bots = bots.len(), slice = msg.slice);
+        let span = tracing::info_span!("task", request_id = %msg.request_id, bot_id = %msg.bot_id, slice = msg.slice);
         async {
             let subject = || Subject::Task {
                 request_id: &msg.request_id,
@@ -179,7 +179,12 @@ pub async fn run(
     // The three stores at once, each on its own connection: they are separate tables, so
     // their statements share no pages and no locks, and the database works them on as many
     // cores as it has. Each store runs batches until one proves it drained.
-    let stores = Store::ALL.map(|store| drain(ctx, msg, store, &bots, users, stop));
+    let target = erase::Target {
+        request: &msg.request_id,
+        bots: &bots,
+        users,
+    };
+    let stores = Store::ALL.map(|store| drain(ctx, &target, store, stop));
     let mut deleted = 0;
     let mut drained = true;
     for outcome in futures_util::future::join_all(stores).await {
@@ -219,7 +224,7 @@ pub async fn run(
         let advanced = tasks::advance_slice(&mut tx, &msg.request_id, &bots, msg.slice).await?;
         let next: Vec<(String, Vec<u8>)> = continuations(&msg.request_id, &advanced, msg.slice + 1)
             .iter()
-            .map(|m| (m.message_id(), m.to_json()))
+            .map(TaskMessage::outbox_entry)
             .collect();
         let queued = if next.is_empty() {
             Vec::new()
@@ -237,15 +242,13 @@ pub async fn run(
     Ok(Step::Continued)
 }
 
-/// Deletes the users' rows in the bots from one store, batch by batch, until a batch proves
-/// the store drained (`true`) or the slice's budget is spent or shutdown begins (`false`).
-/// Returns the rows deleted.
+/// Deletes the target's rows from one store, batch by batch, until a batch proves the store
+/// drained (`true`) or the slice's budget is spent or shutdown begins (`false`). Returns the
+/// rows deleted.
 async fn drain(
     ctx: &Ctx,
-    msg: &TaskMessage,
+    target: &erase::Target<'_>,
     store: Store,
-    bots: &[String],
-    users: &[String],
     stop: &CancellationToken,
 ) -> Result<(u64, bool), TaskError> {
     let limit = ctx.throttle.batch(ctx.config.batch_size);
@@ -256,15 +259,7 @@ async fn drain(
         }
         let started = Instant::now();
         let batch = retry::db("delete_batch", || {
-            erase::delete_batch(
-                &ctx.pool,
-                store,
-                &msg.request_id,
-                bots,
-                users,
-                limit,
-                round == 0,
-            )
+            erase::delete_batch(&ctx.pool, store, target, limit, round == 0)
         })
         .await?;
         let took = started.elapsed().as_secs_f64();
@@ -293,13 +288,7 @@ async fn drain(
 /// a request too long for one slice spreads over the replicas (halving again at each slice),
 /// while a short one stays in the one message whose shared statements suit it best.
 fn continuations(request: &RequestId, bots: &[String], slice: i32) -> Vec<TaskMessage> {
-    if bots.is_empty() {
-        return Vec::new();
-    }
-    let half = bots.len().div_ceil(2);
-    bots.chunks(half)
-        .map(|part| TaskMessage::new(request, part, slice))
-        .collect()
+    TaskMessage::for_bots(request, bots, bots.len().div_ceil(2), slice)
 }
 
 #[cfg(test)]
