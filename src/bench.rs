@@ -149,7 +149,7 @@ pub async fn main(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     {
         bail!("--database must be letters, digits and '_'");
     }
-    let mut url = reqwest::Url::parse(&config.database_url).context("DATABASE_URL")?;
+    let mut url = reqwest::Url::parse(&config.database.url).context("DATABASE_URL")?;
     url.set_path(&format!("/{}", args.database));
     let id = uuid::Uuid::new_v4().simple().to_string();
     let opts = Options {
@@ -521,7 +521,7 @@ async fn floor_delete(pool: &PgPool, users: &[String]) -> anyhow::Result<(u64, f
 async fn app_token(opts: &Options, pool: &PgPool, account: &str) -> anyhow::Result<String> {
     let client_id = format!("cs-bench-{}", uuid::Uuid::new_v4());
     let secret = secrets::new_client_secret();
-    let sealed = secrets::seal(&opts.config.secret_key.bytes, secret.as_bytes());
+    let sealed = secrets::seal(&opts.config.keys.secret_key.bytes, secret.as_bytes());
     apps::insert(
         pool,
         &client_id,
@@ -830,7 +830,7 @@ impl Service {
         let mut cmd = tokio::process::Command::new(&opts.exe);
         cmd.args(["serve", "--role", role])
             .env("DATABASE_URL", &opts.database_url)
-            .env("AMQP_URL", &opts.config.amqp_url)
+            .env("AMQP_URL", opts.config.queue.amqp_url.primary())
             .env("ERASURE_QUEUE_PREFIX", &opts.queue_prefix)
             .env("ERASURE_HTTP_ADDR", addr.to_string())
             .env("ERASURE_RATE_LIMIT_PER_APP", "0")
@@ -850,10 +850,10 @@ impl Service {
             .stdout(Stdio::null())
             .stderr(Stdio::from(file))
             .kill_on_drop(true);
-        if opts.config.secret_key.configured {
+        if opts.config.keys.secret_key.configured {
             cmd.env(
                 "ERASURE_SECRET_KEY",
-                hex::encode(&opts.config.secret_key.bytes),
+                hex::encode(&opts.config.keys.secret_key.bytes),
             );
         } else {
             cmd.env_remove("ERASURE_SECRET_KEY");
@@ -956,8 +956,10 @@ fn free_port() -> anyhow::Result<SocketAddr> {
 }
 
 async fn cleanup(opts: &Options) {
-    let topology = Topology::new(&opts.queue_prefix, opts.config.max_deliveries);
-    if let Ok(conn) = crate::queue::connect(&opts.config.amqp_url, "bench-cleanup").await {
+    let topology = Topology::new(&opts.queue_prefix, opts.config.queue.max_deliveries);
+    if let Ok(conn) =
+        crate::queue::connect(opts.config.queue.amqp_url.primary(), "bench-cleanup").await
+    {
         if let Ok(ch) = conn.create_channel().await {
             for (q, _) in topology.queues() {
                 let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;

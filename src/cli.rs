@@ -163,22 +163,24 @@ pub struct SubmitArgs {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::from_env()?;
-    telemetry::init_logs(config.log_format, &config.log_filter);
+    telemetry::init_logs(config.log.format, &config.log.filter);
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     match cli.command {
         Command::Serve { role } => serve(config, role).await,
         Command::Migrate => {
-            store::connect_and_migrate(&config.database_url, 2, config.statement_timeout).await?;
+            store::connect_and_migrate(&config.database.url, 2, config.database.statement_timeout)
+                .await?;
             println!("migrations applied");
             Ok(())
         }
         Command::Config => {
-            for (var, value) in config.describe() {
-                let help = SETTINGS
-                    .iter()
-                    .find(|s| s.var == var)
-                    .map(|s| s.help)
-                    .unwrap_or("");
-                println!("{var}={value}\t# {help}");
+            for ((var, value), setting) in config.describe().into_iter().zip(SETTINGS) {
+                println!("{var}={value}\t# {}", setting.help);
+            }
+            for warning in config.warnings() {
+                println!("# {warning}");
             }
             Ok(())
         }
@@ -198,9 +200,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             account,
             tag,
         } => {
-            let pool =
-                store::connect_and_migrate(&config.database_url, 4, config.statement_timeout)
-                    .await?;
+            let pool = store::connect_and_migrate(
+                &config.database.url,
+                4,
+                config.database.statement_timeout,
+            )
+            .await?;
             let spec = seed::SeedSpec {
                 account: account.clone(),
                 prefix: tag,
@@ -226,20 +231,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             watch,
         } => status(&config, &request_id, &client, watch).await,
         Command::Redrive { limit } => {
-            let pool =
-                store::connect_and_migrate(&config.database_url, 2, config.statement_timeout)
-                    .await?;
-            let topology = Topology::new(&config.queue_prefix, config.max_deliveries);
-            let n = redrive::redrive(&pool, &config.amqp_url, &topology, limit).await?;
+            let pool = store::connect_and_migrate(
+                &config.database.url,
+                2,
+                config.database.statement_timeout,
+            )
+            .await?;
+            let topology = Topology::new(&config.queue.prefix, config.queue.max_deliveries);
+            let n =
+                redrive::redrive(&pool, config.queue.amqp_url.primary(), &topology, limit).await?;
             println!("redrove {n} message(s) from {}", topology.dead_queue());
             Ok(())
         }
         Command::Requests {
             command: RequestsCommand::List { status, limit },
         } => {
-            let pool =
-                store::connect_and_migrate(&config.database_url, 2, config.statement_timeout)
-                    .await?;
+            let pool = store::connect_and_migrate(
+                &config.database.url,
+                2,
+                config.database.statement_timeout,
+            )
+            .await?;
             for r in requests::list(&pool, status.as_deref(), limit).await? {
                 println!("{}", serde_json::to_string(&r)?);
             }
@@ -249,9 +261,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue {
             command: QueueCommand::Stats,
         } => {
-            let topology = Topology::new(&config.queue_prefix, config.max_deliveries);
+            let topology = Topology::new(&config.queue.prefix, config.queue.max_deliveries);
             println!("{:<40} {:>10} {:>10}", "queue", "messages", "consumers");
-            for (q, messages, consumers) in redrive::stats(&config.amqp_url, &topology).await? {
+            for (q, messages, consumers) in
+                redrive::stats(config.queue.amqp_url.primary(), &topology).await?
+            {
                 println!("{q:<40} {messages:>10} {consumers:>10}");
             }
             Ok(())
@@ -289,7 +303,8 @@ async fn shutdown_signal() {
 
 async fn app(config: &Config, command: AppCommand) -> anyhow::Result<()> {
     let pool =
-        store::connect_and_migrate(&config.database_url, 2, config.statement_timeout).await?;
+        store::connect_and_migrate(&config.database.url, 2, config.database.statement_timeout)
+            .await?;
     match command {
         AppCommand::Create {
             account,
@@ -323,7 +338,7 @@ async fn app(config: &Config, command: AppCommand) -> anyhow::Result<()> {
                 }
                 None => {
                     let secret = secrets::new_client_secret();
-                    let sealed = secrets::seal(&config.secret_key.bytes, secret.as_bytes());
+                    let sealed = secrets::seal(&config.keys.secret_key.bytes, secret.as_bytes());
                     apps::insert(
                         &pool,
                         &client_id,
@@ -362,7 +377,7 @@ fn base_url(config: &Config, client: &ClientArgs) -> String {
     client
         .url
         .clone()
-        .unwrap_or_else(|| format!("http://{}", config.http_addr))
+        .unwrap_or_else(|| format!("http://{}", config.http.addr))
         .trim_end_matches('/')
         .to_string()
 }

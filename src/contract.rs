@@ -27,9 +27,9 @@ pub struct Limits {
 impl Limits {
     pub fn from_config(c: &crate::config::Config) -> Self {
         Self {
-            max_user_ids: c.max_user_ids,
-            max_bot_ids: c.max_bot_ids,
-            max_id_bytes: c.max_id_bytes,
+            max_user_ids: c.http.max_user_ids,
+            max_bot_ids: c.http.max_bot_ids,
+            max_id_bytes: c.http.max_id_bytes,
         }
     }
 }

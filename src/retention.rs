@@ -23,11 +23,17 @@ pub async fn run(pool: PgPool, config: Config, cancel: CancellationToken) {
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(config.retention_sweep) => {}
+            _ = tokio::time::sleep(config.retention.sweep) => {}
         }
         // A backlog (say, after downtime) is worked off in consecutive batches.
         while !cancel.is_cancelled() {
-            match redact_once(&pool, &config.pii_hmac_key.bytes, config.pii_retention).await {
+            match redact_once(
+                &pool,
+                &config.keys.pii_hmac_key.bytes,
+                config.retention.pii_retention,
+            )
+            .await
+            {
                 Ok(r) => {
                     if r != Redacted::default() {
                         tracing::info!(

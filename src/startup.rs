@@ -66,29 +66,29 @@ impl Running {
 
 pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
     let metrics = telemetry::metrics();
-    let pool = (|| store::connect_and_migrate(&config.database_url, config.db_max_connections, config.statement_timeout))
+    let pool = (|| store::connect_and_migrate(&config.database.url, config.database.max_connections, config.database.statement_timeout))
         .retry(ExponentialBuilder::default().with_max_times(8).with_max_delay(Duration::from_secs(5)).with_jitter())
         .notify(|e, wait| tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "database not ready"))
         .await
         .context("connecting to PostgreSQL and applying migrations")?;
-    if !config.secret_key.configured {
+    if !config.keys.secret_key.configured {
         tracing::warn!(
             "ERASURE_SECRET_KEY is not set: app secrets are sealed with the built-in development key"
         );
     }
-    if !config.pii_hmac_key.configured {
+    if !config.keys.pii_hmac_key.configured {
         tracing::warn!(
             "ERASURE_PII_HMAC_KEY is not set: identifiers are redacted with the built-in development key"
         );
     }
-    let topology = Topology::new(&config.queue_prefix, config.max_deliveries);
+    let topology = Topology::new(&config.queue.prefix, config.queue.max_deliveries);
     let role_name = match role {
         Role::All => "all",
         Role::Intake => "intake",
         Role::Worker => "worker",
     };
     let publisher = Arc::new(Publisher::new(
-        &config.amqp_url,
+        config.queue.amqp_url.primary(),
         &format!("{role_name}-publisher"),
         topology.clone(),
     ));
@@ -97,7 +97,7 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
 
     let mut consumers = Vec::new();
     if role.worker() {
-        let warm = (config.worker_concurrency + 1).min(config.db_max_connections as usize);
+        let warm = (config.worker.concurrency + 1).min(config.database.max_connections as usize);
         let _ =
             tokio::time::timeout(Duration::from_secs(5), crate::erase::warm_up(&pool, warm)).await;
         let ctx = Arc::new(Ctx::new(pool.clone(), config.clone(), publisher.clone()));
@@ -109,12 +109,12 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
             let up = Arc::new(AtomicBool::new(false));
             consumers.push((name, up.clone()));
             let spec = ConsumerSpec {
-                url: config.amqp_url.clone(),
+                url: config.queue.amqp_url.primary().to_string(),
                 queue,
                 name,
-                prefetch: config.prefetch,
-                concurrency: config.worker_concurrency,
-                grace: config.shutdown_grace,
+                prefetch: config.queue.prefetch,
+                concurrency: config.worker.concurrency,
+                grace: config.worker.shutdown_grace,
                 topology: topology.clone(),
                 up,
             };
@@ -133,7 +133,7 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
     tracker.spawn(relay::run(
         pool.clone(),
         publisher.clone(),
-        config.outbox_poll,
+        config.queue.outbox_poll,
         cancel.clone(),
     ));
     tracker.spawn(retention::run(pool.clone(), config.clone(), cancel.clone()));
@@ -146,14 +146,14 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
         metrics,
         consumers,
         rate: Arc::new(RateLimiter::new(
-            config.rate_limit_per_app,
-            config.rate_limit_burst,
+            config.http.rate_limit_per_app,
+            config.http.rate_limit_burst,
         )),
     };
     let app = intake::router(state, role.intake());
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
+    let listener = tokio::net::TcpListener::bind(config.http.addr)
         .await
-        .with_context(|| format!("binding ERASURE_HTTP_ADDR={}", config.http_addr))?;
+        .with_context(|| format!("binding ERASURE_HTTP_ADDR={}", config.http.addr))?;
     let http_addr = listener.local_addr()?;
     let c = cancel.clone();
     tracker.spawn(async move {

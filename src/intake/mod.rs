@@ -113,7 +113,7 @@ impl IntoResponse for AuthError {
 
 async fn authenticate(state: &IntakeState, headers: &HeaderMap) -> Result<App, Response> {
     let token = auth::token_from_headers(headers).map_err(IntoResponse::into_response)?;
-    let app = auth::authenticate(&state.pool, &state.config.secret_key.bytes, token)
+    let app = auth::authenticate(&state.pool, &state.config.keys.secret_key.bytes, token)
         .await
         .map_err(IntoResponse::into_response)?;
     if let Err(retry_after) = state.rate.check(&app.client_id) {
@@ -170,7 +170,7 @@ async fn erase_inner(
         Ok(a) => a,
         Err(r) => return r,
     };
-    let max = state.config.max_body_bytes;
+    let max = state.config.http.max_body_bytes;
     let too_large = || {
         refused("too_large");
         error(

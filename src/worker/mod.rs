@@ -30,7 +30,10 @@ impl Ctx {
     pub fn new(pool: PgPool, config: Config, publisher: Arc<Publisher>) -> Self {
         Self {
             limits: Limits::from_config(&config),
-            throttle: Throttle::new(config.max_rows_per_second, config.max_rows_per_second_total),
+            throttle: Throttle::new(
+                config.worker.max_rows_per_second,
+                config.worker.max_rows_per_second_total,
+            ),
             pool,
             config,
             publisher,

@@ -47,7 +47,7 @@ impl Handler for RequestHandler {
         _stop: CancellationToken,
     ) -> Outcome {
         let ctx = &*self.0;
-        let msg = match EraseMessage::parse(&data, ctx.config.max_body_bytes, &ctx.limits) {
+        let msg = match EraseMessage::parse(&data, ctx.config.http.max_body_bytes, &ctx.limits) {
             Ok(m) => m,
             Err(e) => {
                 metrics::counter!("erasure_poison_messages_total").increment(1);
@@ -61,7 +61,7 @@ impl Handler for RequestHandler {
         let span = tracing::info_span!("plan", request_id = %msg.request_id);
         async {
             let delivery = Ctx::delivery_number(&props);
-            if delivery > u64::from(ctx.config.max_deliveries) {
+            if delivery > u64::from(ctx.config.queue.max_deliveries) {
                 let reason = format!("delivered {delivery} times without being settled");
                 let subject = Subject::Request {
                     request_id: Some(&msg.request_id),
@@ -219,11 +219,15 @@ async fn plan(ctx: &Ctx, msg: &EraseMessage) -> Result<Vec<OutboxMessage>, PlanE
     tasks::insert(&mut tx, &msg.request_id, &bots).await?;
     // One message per group of bots: a group's tasks share their delete statements, which
     // visit each heap page once for all of its bots rather than once per bot.
-    let queued: Vec<(String, Vec<u8>)> =
-        TaskMessage::for_bots(&msg.request_id, &bots, ctx.config.bots_per_message, 0)
-            .iter()
-            .map(TaskMessage::outbox_entry)
-            .collect();
+    let queued: Vec<(String, Vec<u8>)> = TaskMessage::for_bots(
+        &msg.request_id,
+        &bots,
+        ctx.config.worker.bots_per_message,
+        0,
+    )
+    .iter()
+    .map(TaskMessage::outbox_entry)
+    .collect();
     let messages = outbox::insert_many(&mut tx, TASK_ROUTING_KEY, &queued).await?;
     requests::mark_planned(&mut tx, &msg.request_id, &erase, bots.len() as i32).await?;
     tx.commit().await?;

@@ -70,7 +70,7 @@ impl Handler for TaskHandler {
                 bots: &bots,
             };
             let delivery = Ctx::delivery_number(&props);
-            if delivery > u64::from(ctx.config.max_deliveries) {
+            if delivery > u64::from(ctx.config.queue.max_deliveries) {
                 let reason = format!("delivered {delivery} times without being settled");
                 return dead_letter(ctx, TASK_ROUTING_KEY, subject(), &reason, &data).await;
             }
@@ -251,9 +251,9 @@ async fn drain(
     store: Store,
     stop: &CancellationToken,
 ) -> Result<(u64, bool), TaskError> {
-    let limit = ctx.throttle.batch(ctx.config.batch_size);
+    let limit = ctx.throttle.batch(ctx.config.worker.batch_size);
     let mut deleted = 0;
-    for round in 0..ctx.config.batches_per_slice {
+    for round in 0..ctx.config.worker.batches_per_slice {
         if stop.is_cancelled() || !ctx.throttle.reserve(&ctx.pool, limit as u64, stop).await? {
             break;
         }
