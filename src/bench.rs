@@ -391,7 +391,7 @@ async fn run_inner(opts: &Options) -> anyhow::Result<Figures> {
             for w in &workers.0 {
                 let m = w.metrics().await?;
                 retries += metric_sum(&m, "erasure_db_retries_total", "")
-                    + metric_sum(&m, "erasure_tasks_retried_total", "");
+                    + metric_sum(&m, "erasure_handed_back_total", "");
             }
             workers.stop().await;
             figures.set(format!("replicas_{n}_rows"), run.rows as f64);
@@ -525,7 +525,7 @@ async fn app_token(opts: &Options, pool: &PgPool, account: &str) -> anyhow::Resu
     apps::insert(
         pool,
         &client_id,
-        account,
+        &crate::domain::AccountId::from(account),
         &[auth::SCOPE.to_string()],
         "HS256",
         Some(&sealed),

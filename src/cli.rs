@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::{
     config::{Config, SETTINGS},
     contract::{RequestId, StatusDocument},
+    domain::{AccountId, RequestStatus},
     intake::auth,
     queue::{Topology, redrive},
     secrets, seed,
@@ -120,8 +121,9 @@ pub enum AppCommand {
 pub enum RequestsCommand {
     /// List recent requests.
     List {
+        /// Only requests in this state (in-progress, completed, rejected, failed).
         #[arg(long)]
-        status: Option<String>,
+        status: Option<RequestStatus>,
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
@@ -252,7 +254,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 config.database.statement_timeout,
             )
             .await?;
-            for r in requests::list(&pool, status.as_deref(), limit).await? {
+            for r in requests::list(&pool, status, limit).await? {
                 println!("{}", serde_json::to_string(&r)?);
             }
             Ok(())
@@ -311,7 +313,8 @@ async fn app(config: &Config, command: AppCommand) -> anyhow::Result<()> {
             scopes,
             public_key,
         } => {
-            if !apps::account_exists(&pool, &account).await? {
+            let account = AccountId::new(account);
+            if !store::platform::account_exists(&pool, &account).await? {
                 bail!("account {account} does not exist");
             }
             let client_id = format!("cs-{}", uuid::Uuid::new_v4());
@@ -358,13 +361,7 @@ async fn app(config: &Config, command: AppCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AppCommand::Disable { client_id } => {
-            let n =
-                sqlx::query("UPDATE platform.api_apps SET enabled = false WHERE client_id = $1")
-                    .bind(&client_id)
-                    .execute(&pool)
-                    .await?
-                    .rows_affected();
-            if n == 0 {
+            if !apps::disable(&pool, &client_id).await? {
                 bail!("no app {client_id}");
             }
             println!("disabled {client_id}");
@@ -452,7 +449,7 @@ async fn status(
             )?
             .progress_chars("=> "),
         );
-        while doc.status == "in-progress" {
+        while doc.status == RequestStatus::InProgress {
             bar.set_length(doc.progress.tasks_total.max(1) as u64);
             bar.set_position(doc.progress.tasks_done as u64);
             let rows = &doc.progress.rows_deleted;

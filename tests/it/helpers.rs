@@ -190,7 +190,7 @@ impl TestEnv {
         apps::insert(
             &self.pool,
             &client_id,
-            account,
+            &account.into(),
             &scopes,
             "HS256",
             Some(&sealed),

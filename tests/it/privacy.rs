@@ -449,7 +449,7 @@ async fn identifiers_become_hmacs_everywhere_after_the_retention_window() {
                     channel_user_id: o["channelUserId"].as_str().unwrap().into(),
                 },
             };
-            secrets::pii_ref(&key, &entry.user_ref())
+            secrets::pii_ref(&key, entry.user_ref().as_str())
         })
         .collect();
     let doc = api.status_doc(&token, &id).await;
