@@ -24,6 +24,7 @@ use crate::{
 pub struct TaskJob;
 
 /// A task message with the bots it works.
+#[derive(Debug)]
 pub struct TaskDelivery {
     pub message: TaskMessage,
     pub bots: Vec<BotId>,
