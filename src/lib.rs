@@ -7,6 +7,7 @@
 //! states, [`rules`] the rules of erasure.
 
 pub mod bench;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod contract;
