@@ -7,8 +7,9 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{
+    client::Client,
     config::{Config, SETTINGS},
-    contract::{RequestId, StatusDocument},
+    contract::RequestId,
     intake::auth,
     queue::{Topology, redrive},
     secrets, seed,
@@ -358,13 +359,12 @@ async fn app(config: &Config, command: AppCommand) -> anyhow::Result<()> {
     }
 }
 
-fn base_url(config: &Config, client: &ClientArgs) -> String {
-    client
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", config.http_addr))
-        .trim_end_matches('/')
-        .to_string()
+/// The intake at `--url`, or at this configuration's listen address.
+fn intake(config: &Config, args: &ClientArgs) -> Client {
+    match &args.url {
+        Some(url) => Client::new(url),
+        None => Client::new(&format!("http://{}", config.http_addr)),
+    }
 }
 
 async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
@@ -381,23 +381,14 @@ async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
         )
         .collect();
     let body = serde_json::json!({"userIds": users, "botIds": args.bots, "RemoveDataFromAllBots": args.all_bots});
-    let mut req = reqwest::Client::new()
-        .delete(format!(
-            "{}{}",
-            base_url(config, &args.client),
-            crate::intake::ERASE_PATH
-        ))
-        .header("auth", &args.client.token)
-        .json(&body);
+    let mut call = intake(config, &args.client).erase(&args.client.token, &body);
     if let Some(k) = &args.idempotency_key {
-        req = req.header("Idempotency-Key", k);
+        call = call.idempotency_key(k);
     }
-    let resp = req.send().await.context("calling the intake")?;
-    let code = resp.status();
-    let text = resp.text().await?;
-    println!("{text}");
-    if !code.is_success() {
-        bail!("the intake answered {code}");
+    let reply = call.reply().await?;
+    println!("{}", reply.text());
+    if !reply.is_success() {
+        bail!("the intake answered {}", reply.status());
     }
     Ok(())
 }
@@ -409,25 +400,8 @@ async fn status(
     watch: bool,
 ) -> anyhow::Result<()> {
     RequestId::parse(request_id).context("a request id starts with eud-")?;
-    let url = format!(
-        "{}/api/public/bot/eraseUsersData/status/{request_id}",
-        base_url(config, client)
-    );
-    let http = reqwest::Client::new();
-    let fetch = || async {
-        let resp = http
-            .get(&url)
-            .header("auth", &client.token)
-            .send()
-            .await
-            .context("calling the intake")?;
-        let code = resp.status();
-        let text = resp.text().await?;
-        if !code.is_success() {
-            bail!("the intake answered {code}: {text}");
-        }
-        Ok::<_, anyhow::Error>(serde_json::from_str::<StatusDocument>(&text)?)
-    };
+    let intake = intake(config, client);
+    let fetch = || intake.status(&client.token, request_id).send();
     let mut doc = fetch().await?;
     if watch {
         let bar = ProgressBar::new(doc.progress.tasks_total.max(1) as u64);
