@@ -237,15 +237,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Requests {
             command: RequestsCommand::List { status, limit },
-        } => {
-            let pool =
-                store::connect_and_migrate(&config.database_url, 2, config.statement_timeout)
-                    .await?;
-            for r in requests::list(&pool, status.as_deref(), limit).await? {
-                println!("{}", serde_json::to_string(&r)?);
-            }
-            Ok(())
-        }
+        } => list_requests(&config, status.as_deref(), limit).await,
         Command::Bench(args) => crate::bench::main(&config, args).await,
         Command::Queue {
             command: QueueCommand::Stats,
@@ -258,6 +250,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Reads only: a database without the service's schema is an error naming the fix, never
+/// created or migrated by a command an operator runs to look.
+async fn list_requests(config: &Config, status: Option<&str>, limit: i64) -> anyhow::Result<()> {
+    let pool = store::connect(&config.database_url, 2, config.statement_timeout).await?;
+    let listed = requests::list(&pool, status, limit)
+        .await
+        .map_err(not_migrated_hint);
+    pool.close().await;
+    for r in listed? {
+        println!("{}", serde_json::to_string(&r)?);
+    }
+    Ok(())
+}
+
+/// Says what to run when a read-only command finds no database or no schema.
+fn not_migrated_hint(e: sqlx::Error) -> anyhow::Error {
+    let code = e.as_database_error().and_then(|d| d.code());
+    let hint = match code.as_deref() {
+        // invalid_catalog_name
+        Some("3D000") => {
+            "the database of DATABASE_URL does not exist: `erasure migrate` creates it"
+        }
+        // undefined_table, invalid_schema_name
+        Some("42P01" | "3F000") => {
+            "the database of DATABASE_URL has no erasure schema: `erasure migrate` applies it"
+        }
+        _ => return e.into(),
+    };
+    anyhow::Error::new(e).context(hint)
 }
 
 async fn serve(config: Config, role: Role) -> anyhow::Result<()> {

@@ -36,13 +36,26 @@ impl TestEnv {
 
     /// A fresh database (migrated) and prefix; `vars` override service settings.
     pub async fn with_vars(vars: &[(&str, &str)]) -> Self {
+        Self::create(vars, true).await
+    }
+
+    /// A fresh database with nothing applied: no `platform` or `erasure` schema.
+    pub async fn unmigrated() -> Self {
+        Self::create(&[], false).await
+    }
+
+    async fn create(vars: &[(&str, &str)], migrated: bool) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("erasure_test_{}", &id[..16]);
         let db_url = format!("{PG_BASE}/{db_name}");
         let prefix = format!("t{}.", &id[..12]);
-        let pool = store::connect_and_migrate(&db_url, 8, Duration::from_secs(30))
-            .await
-            .expect("test database");
+        let pool = if migrated {
+            store::connect_and_migrate(&db_url, 8, Duration::from_secs(30)).await
+        } else {
+            store::create_database_if_missing(&db_url).await.unwrap();
+            store::connect(&db_url, 8, Duration::from_secs(30)).await
+        }
+        .expect("test database");
         let mut all = BTreeMap::new();
         for (k, v) in [
             ("DATABASE_URL", db_url.as_str()),
