@@ -1,4 +1,5 @@
-//! The `erasure` command line (DESIGN.md section 5).
+//! The `erasure` command line (DESIGN.md section 5), but for `erasure bench`, which the
+//! binary adds (`src/bin/erasure/bench/`).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -18,12 +19,11 @@ use crate::{
     telemetry,
 };
 
+pub const ABOUT: &str =
+    "Erases users' data from a conversational-bot platform, durably, and proves it did";
+
 #[derive(Parser, Debug)]
-#[command(
-    name = "erasure",
-    version,
-    about = "Erases users' data from a conversational-bot platform, durably, and proves it did"
-)]
+#[command(name = "erasure", version, about = ABOUT)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -96,8 +96,6 @@ pub enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
-    /// Benchmark the service against plain set-based SQL on its own database.
-    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -162,9 +160,16 @@ pub struct SubmitArgs {
     pub idempotency_key: Option<String>,
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// The configuration from the environment, and logging set up from it: how every command,
+/// the binary's own included, starts.
+pub fn configure() -> anyhow::Result<Config> {
     let config = Config::from_env()?;
     telemetry::init_logs(config.log_format, &config.log_filter);
+    Ok(config)
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = configure()?;
     match cli.command {
         Command::Serve { role } => serve(config, role).await,
         Command::Migrate => {
@@ -238,7 +243,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Requests {
             command: RequestsCommand::List { status, limit },
         } => list_requests(&config, status.as_deref(), limit).await,
-        Command::Bench(args) => crate::bench::main(&config, args).await,
         Command::Queue {
             command: QueueCommand::Stats,
         } => {

@@ -5,7 +5,6 @@
 //! [`worker`] (planning, tasks) → [`erase`] (batched deletes) → [`store`] (the service's own
 //! state). [`contract`] holds the wire types every side shares.
 
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
