@@ -11,6 +11,7 @@ use crate::{
     client::Client,
     config::{Config, SETTINGS},
     contract::RequestId,
+    domain::{AccountId, RequestStatus},
     intake::auth,
     queue::{Topology, redrive},
     secrets, seed,
@@ -119,8 +120,9 @@ pub enum AppCommand {
 pub enum RequestsCommand {
     /// List recent requests.
     List {
+        /// Only requests in this state (in-progress, completed, rejected, failed).
         #[arg(long)]
-        status: Option<String>,
+        status: Option<RequestStatus>,
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
@@ -164,7 +166,10 @@ pub struct SubmitArgs {
 /// the binary's own included, starts.
 pub fn configure() -> anyhow::Result<Config> {
     let config = Config::from_env()?;
-    telemetry::init_logs(config.log_format, &config.log_filter);
+    telemetry::init_logs(config.log.format, &config.log.filter);
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     Ok(config)
 }
 
@@ -173,18 +178,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { role } => serve(config, role).await,
         Command::Migrate => {
-            store::connect_and_migrate(&config.database_url, 2, config.statement_timeout).await?;
+            store::connect_and_migrate(&config.database.url, 2, config.database.statement_timeout)
+                .await?;
             println!("migrations applied");
             Ok(())
         }
         Command::Config => {
-            for (var, value) in config.describe() {
-                let help = SETTINGS
-                    .iter()
-                    .find(|s| s.var == var)
-                    .map(|s| s.help)
-                    .unwrap_or("");
-                println!("{var}={value}\t# {help}");
+            for ((var, value), setting) in config.describe().into_iter().zip(SETTINGS) {
+                println!("{var}={value}\t# {}", setting.help);
+            }
+            for warning in config.warnings() {
+                println!("# {warning}");
             }
             Ok(())
         }
@@ -204,9 +208,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             account,
             tag,
         } => {
-            let pool =
-                store::connect_and_migrate(&config.database_url, 4, config.statement_timeout)
-                    .await?;
+            let pool = store::connect_and_migrate(
+                &config.database.url,
+                4,
+                config.database.statement_timeout,
+            )
+            .await?;
             let spec = seed::SeedSpec {
                 account: account.clone(),
                 prefix: tag,
@@ -232,23 +239,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             watch,
         } => status(&config, &request_id, &client, watch).await,
         Command::Redrive { limit } => {
-            let pool =
-                store::connect_and_migrate(&config.database_url, 2, config.statement_timeout)
-                    .await?;
-            let topology = Topology::new(&config.queue_prefix, config.max_deliveries);
-            let n = redrive::redrive(&pool, &config.amqp_url, &topology, limit).await?;
+            let pool = store::connect_and_migrate(
+                &config.database.url,
+                2,
+                config.database.statement_timeout,
+            )
+            .await?;
+            let topology = Topology::new(&config.queue.prefix, config.queue.max_deliveries);
+            let n =
+                redrive::redrive(&pool, config.queue.amqp_url.primary(), &topology, limit).await?;
             println!("redrove {n} message(s) from {}", topology.dead_queue());
             Ok(())
         }
         Command::Requests {
             command: RequestsCommand::List { status, limit },
-        } => list_requests(&config, status.as_deref(), limit).await,
+        } => list_requests(&config, status, limit).await,
         Command::Queue {
             command: QueueCommand::Stats,
         } => {
-            let topology = Topology::new(&config.queue_prefix, config.max_deliveries);
+            let topology = Topology::new(&config.queue.prefix, config.queue.max_deliveries);
             println!("{:<40} {:>10} {:>10}", "queue", "messages", "consumers");
-            for (q, messages, consumers) in redrive::stats(&config.amqp_url, &topology).await? {
+            for (q, messages, consumers) in
+                redrive::stats(config.queue.amqp_url.primary(), &topology).await?
+            {
                 println!("{q:<40} {messages:>10} {consumers:>10}");
             }
             Ok(())
@@ -258,8 +271,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Reads only: a database without the service's schema is an error naming the fix, never
 /// created or migrated by a command an operator runs to look.
-async fn list_requests(config: &Config, status: Option<&str>, limit: i64) -> anyhow::Result<()> {
-    let pool = store::connect(&config.database_url, 2, config.statement_timeout).await?;
+async fn list_requests(
+    config: &Config,
+    status: Option<RequestStatus>,
+    limit: i64,
+) -> anyhow::Result<()> {
+    let pool = store::connect(&config.database.url, 2, config.database.statement_timeout).await?;
     let listed = requests::list(&pool, status, limit)
         .await
         .map_err(not_migrated_hint);
@@ -317,14 +334,16 @@ async fn shutdown_signal() {
 
 async fn app(config: &Config, command: AppCommand) -> anyhow::Result<()> {
     let pool =
-        store::connect_and_migrate(&config.database_url, 2, config.statement_timeout).await?;
+        store::connect_and_migrate(&config.database.url, 2, config.database.statement_timeout)
+            .await?;
     match command {
         AppCommand::Create {
             account,
             scopes,
             public_key,
         } => {
-            if !apps::account_exists(&pool, &account).await? {
+            let account = AccountId::new(account);
+            if !store::platform::account_exists(&pool, &account).await? {
                 bail!("account {account} does not exist");
             }
             let client_id = format!("cs-{}", uuid::Uuid::new_v4());
@@ -351,7 +370,7 @@ async fn app(config: &Config, command: AppCommand) -> anyhow::Result<()> {
                 }
                 None => {
                     let secret = secrets::new_client_secret();
-                    let sealed = secrets::seal(&config.secret_key.bytes, secret.as_bytes());
+                    let sealed = secrets::seal(&config.keys.secret_key.bytes, secret.as_bytes());
                     apps::insert(
                         &pool,
                         &client_id,
@@ -371,13 +390,7 @@ async fn app(config: &Config, command: AppCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AppCommand::Disable { client_id } => {
-            let n =
-                sqlx::query("UPDATE platform.api_apps SET enabled = false WHERE client_id = $1")
-                    .bind(&client_id)
-                    .execute(&pool)
-                    .await?
-                    .rows_affected();
-            if n == 0 {
+            if !apps::disable(&pool, &client_id).await? {
                 bail!("no app {client_id}");
             }
             println!("disabled {client_id}");
@@ -390,7 +403,7 @@ async fn app(config: &Config, command: AppCommand) -> anyhow::Result<()> {
 fn intake(config: &Config, args: &ClientArgs) -> Client {
     match &args.url {
         Some(url) => Client::new(url),
-        None => Client::new(&format!("http://{}", config.http_addr)),
+        None => Client::new(&format!("http://{}", config.http.addr)),
     }
 }
 
@@ -438,7 +451,7 @@ async fn status(
             )?
             .progress_chars("=> "),
         );
-        while doc.status == "in-progress" {
+        while doc.status == RequestStatus::InProgress {
             bar.set_length(doc.progress.tasks_total.max(1) as u64);
             bar.set_position(doc.progress.tasks_done as u64);
             let rows = &doc.progress.rows_deleted;

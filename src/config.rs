@@ -1,244 +1,238 @@
-//! Configuration: every setting comes from an environment variable with a documented default,
-//! and is validated once at start with an error that names the variable.
+//! Configuration: every setting is declared once, in the [`settings!`] table below (its
+//! variable, default, parser with its range, and meaning), grouped by the part of the service
+//! that reads it. Parsing, `erasure config`, the README's table and the manifests' test all
+//! derive from that one declaration, so they cannot drift.
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+mod values;
+
+pub use values::{AmqpUrls, CredentialUrl, LogFormat, QueuePrefix, Secret, Value};
+use values::{
+    amqp_urls, duration, int, log_filter, log_format, millis, postgres_url, queue_prefix, seconds,
+    secret, socket_addr,
+};
 
 /// A configuration value that could not be used, naming the variable.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {var}={value:?}: {problem}")]
 pub struct ConfigError {
     pub var: &'static str,
+    /// The value as given; `(hidden)` for secrets and URLs that may carry credentials.
     pub value: String,
     pub problem: String,
 }
 
-#[derive(Clone, Debug)]
-pub struct Config {
-    pub http_addr: SocketAddr,
-    pub database_url: String,
-    pub amqp_url: String,
-    pub queue_prefix: String,
-    pub log_format: LogFormat,
-    pub log_filter: String,
-    /// Largest accepted HTTP body.
-    pub max_body_bytes: usize,
-    pub max_user_ids: usize,
-    pub max_bot_ids: usize,
-    pub max_id_bytes: usize,
-    /// Rows per delete statement.
-    pub batch_size: i64,
-    /// Batches a task works per delivery before it publishes its continuation.
-    pub batches_per_slice: u32,
-    /// Bots whose tasks one task message works together.
-    pub bots_per_message: usize,
-    /// Deliveries each worker consumer may hold unacknowledged.
-    pub prefetch: u16,
-    /// Tasks a worker process executes at once.
-    pub worker_concurrency: usize,
-    /// Ceiling on rows deleted per second by one worker process (0: none).
-    pub max_rows_per_second: u64,
-    /// Ceiling on rows deleted per second by all workers together, shared through the
-    /// database (0: none).
-    pub max_rows_per_second_total: u64,
-    /// Deliveries of one message before the service dead-letters it itself.
-    pub max_deliveries: u32,
-    pub outbox_poll: Duration,
-    pub shutdown_grace: Duration,
-    pub pii_retention: Duration,
-    pub retention_sweep: Duration,
-    /// Key for HMACs that replace identifiers after the retention window.
-    pub pii_hmac_key: Secret,
-    /// Key sealing HS256 client secrets at rest.
-    pub secret_key: Secret,
-    /// Requests per second each app may make to the intake (0: unlimited).
-    pub rate_limit_per_app: u32,
-    pub rate_limit_burst: u32,
-    pub db_max_connections: u32,
-    pub statement_timeout: Duration,
+/// One declared setting, as the README table and `erasure config` show it.
+#[derive(Debug)]
+pub struct Setting {
+    pub var: &'static str,
+    /// The value used when the variable is unset or empty (`""`: none, or for a secret the
+    /// built-in development key).
+    pub default: &'static str,
+    pub help: &'static str,
+    /// The part of the service that reads it.
+    pub group: &'static str,
+    /// Never printed, never echoed in an error.
+    pub secret: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
+impl Setting {
+    /// The default as the README's table shows it.
+    pub fn shown_default(&self) -> String {
+        match (self.default, self.secret) {
+            ("", true) => "(development key)".into(),
+            ("", false) => "(empty)".into(),
+            (d, _) => format!("`{d}`"),
+        }
+    }
 }
 
-/// A secret value: never printed by `Debug`.
-#[derive(Clone)]
-pub struct Secret {
-    pub bytes: Vec<u8>,
-    /// False when the built-in development key is in use.
-    pub configured: bool,
-}
+/// The variables of one process: the environment, or a test's own map.
+struct Vars<'a>(&'a BTreeMap<String, String>);
 
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.configured {
-            "***"
-        } else {
-            "(development key)"
+impl Vars<'_> {
+    fn read<T: Value>(
+        &self,
+        var: &'static str,
+        default: &'static str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        let raw = self
+            .0
+            .get(var)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+            .unwrap_or(default);
+        parse(raw).map_err(|problem| ConfigError {
+            var,
+            value: if T::SENSITIVE {
+                "(hidden)".into()
+            } else {
+                raw.into()
+            },
+            problem,
         })
     }
 }
 
-/// One documented setting: name, default, meaning. The README's table and `erasure config`
-/// are generated from the same list, so they cannot drift.
-pub struct Setting {
-    pub var: &'static str,
-    pub default: &'static str,
-    pub help: &'static str,
-    pub secret: bool,
+/// Declares the settings: one group struct per part of the service, the [`Config`] holding
+/// them, the [`SETTINGS`] list, and the effective values for `erasure config`. Each entry:
+/// doc comment (the meaning), `field: Type = "VARIABLE", "default", parser;`.
+macro_rules! settings {
+    ($(
+        $(#[doc = $gdoc:literal])*
+        $group:ident: $Group:ident {
+            $(
+                $(#[doc = $doc:literal])*
+                $field:ident: $ty:ty = $var:literal, $default:literal, $parse:expr;
+            )*
+        }
+    )*) => {
+        $(
+            $(#[doc = $gdoc])*
+            #[derive(Clone, Debug)]
+            pub struct $Group {
+                $( $(#[doc = $doc])* pub $field: $ty, )*
+            }
+
+            impl $Group {
+                fn read(vars: &Vars<'_>) -> Result<Self, ConfigError> {
+                    Ok(Self { $( $field: vars.read($var, $default, $parse)?, )* })
+                }
+            }
+        )*
+
+        /// The whole configuration, one group per part of the service.
+        #[derive(Clone, Debug)]
+        pub struct Config {
+            $( pub $group: $Group, )*
+            /// `ERASURE_*` variables that name no setting (misspelt, or from another
+            /// version): logged at start so that a typo never silently takes a default.
+            pub unknown: Vec<String>,
+        }
+
+        /// The groups of settings (`Setting::group`) with their titles, in declaration order.
+        pub const GROUPS: &[(&str, &str)] = &[
+            $( (stringify!($group), <str>::trim_ascii(concat!($($gdoc),*))), )*
+        ];
+
+        /// Every setting, in declaration order.
+        pub const SETTINGS: &[Setting] = &[
+            $($(
+                Setting {
+                    var: $var,
+                    default: $default,
+                    help: <str>::trim_ascii(concat!($($doc),*)),
+                    group: stringify!($group),
+                    secret: <$ty as Value>::SECRET,
+                },
+            )*)*
+        ];
+
+        impl Config {
+            fn read_groups(vars: &Vars<'_>) -> Result<Self, ConfigError> {
+                Ok(Self { $( $group: $Group::read(vars)?, )* unknown: Vec::new() })
+            }
+
+            /// The effective configuration, secrets and credentials masked, for
+            /// `erasure config`: one line per setting, in [`SETTINGS`] order.
+            pub fn describe(&self) -> Vec<(&'static str, String)> {
+                vec![ $($( ($var, self.$group.$field.show()), )*)* ]
+            }
+        }
+    };
 }
 
-const fn s(var: &'static str, default: &'static str, help: &'static str) -> Setting {
-    Setting {
-        var,
-        default,
-        help,
-        secret: false,
+settings! {
+    /// The HTTP intake.
+    http: HttpSettings {
+        /// listen address of the HTTP intake
+        addr: SocketAddr = "ERASURE_HTTP_ADDR", "127.0.0.1:8080", socket_addr;
+        /// largest HTTP body accepted (413 above)
+        max_body_bytes: usize = "ERASURE_MAX_BODY_BYTES", "1048576", int(64, 64 << 20);
+        /// most `userIds` entries in one request
+        max_user_ids: usize = "ERASURE_MAX_USER_IDS", "1000", int(1, 100_000);
+        /// most `botIds` entries in one request
+        max_bot_ids: usize = "ERASURE_MAX_BOT_IDS", "1000", int(1, 100_000);
+        /// longest identifier, in bytes
+        max_id_bytes: usize = "ERASURE_MAX_ID_BYTES", "256", int(1, 4096);
+        /// intake requests per second per app (0: unlimited)
+        rate_limit_per_app: u32 = "ERASURE_RATE_LIMIT_PER_APP", "50", int(0, 1_000_000);
+        /// burst allowance of the per-app rate limit
+        rate_limit_burst: u32 = "ERASURE_RATE_LIMIT_BURST", "100", int(1, 1_000_000);
+    }
+
+    /// PostgreSQL.
+    database: DatabaseSettings {
+        /// PostgreSQL URL; the database is created if missing
+        url: CredentialUrl = "DATABASE_URL", "postgres://postgres@127.0.0.1:5432/erasure", postgres_url;
+        /// PostgreSQL pool size per process
+        max_connections: u32 = "ERASURE_DB_MAX_CONNECTIONS", "16", int(2, 10_000);
+        /// PostgreSQL statement_timeout of the service's sessions
+        statement_timeout: Duration = "ERASURE_STATEMENT_TIMEOUT_MS", "30000", millis(1, 86_400_000);
+    }
+
+    /// RabbitMQ and the outbox.
+    queue: QueueSettings {
+        /// RabbitMQ URL
+        amqp_url: AmqpUrls = "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f", amqp_urls;
+        /// prefix of every exchange and queue name (e.g. `p.`)
+        prefix: QueuePrefix = "ERASURE_QUEUE_PREFIX", "", queue_prefix;
+        /// unacknowledged deliveries per consumer
+        prefetch: u16 = "ERASURE_PREFETCH", "8", int(1, u16::MAX);
+        /// deliveries of one message before it is dead-lettered
+        max_deliveries: u32 = "ERASURE_MAX_DELIVERIES", "5", int(1, 1000);
+        /// how often the outbox relay looks for unpublished messages
+        outbox_poll: Duration = "ERASURE_OUTBOX_POLL_MS", "500", millis(1, 3_600_000);
+    }
+
+    /// Workers: planning and the batched deletes.
+    worker: WorkerSettings {
+        /// rows per delete statement (one statement deletes from one store; a task message runs one per store at once)
+        batch_size: i64 = "ERASURE_BATCH_SIZE", "65000", int(1, 100_000);
+        /// delete statements per store one delivery runs before handing over to a continuation message
+        batches_per_slice: u32 = "ERASURE_BATCHES_PER_SLICE", "50", int(1, 100_000);
+        /// bots whose tasks one task message works together, in shared delete statements; an unfinished message splits in two at each continuation, so replicas share a long request (1: one message per bot)
+        bots_per_message: usize = "ERASURE_BOTS_PER_MESSAGE", "50", int(1, 10_000);
+        /// tasks executed at once per worker process
+        concurrency: usize = "ERASURE_WORKER_CONCURRENCY", "4", int(1, 1024);
+        /// ceiling on rows deleted per second per worker process (0: none)
+        max_rows_per_second: u64 = "ERASURE_MAX_ROWS_PER_SECOND", "0", int(0, u64::MAX);
+        /// ceiling on rows deleted per second by all workers together (0: none)
+        max_rows_per_second_total: u64 = "ERASURE_MAX_ROWS_PER_SECOND_TOTAL", "0", int(0, u64::MAX);
+        /// time in-flight work gets to finish after SIGTERM
+        shutdown_grace: Duration = "ERASURE_SHUTDOWN_GRACE_SECONDS", "25", seconds(0, 3600);
+    }
+
+    /// Personal data retention.
+    retention: RetentionSettings {
+        /// how long identifiers are kept after a request settles (`30d`, `12h`, `90s`)
+        pii_retention: Duration = "ERASURE_PII_RETENTION", "30d", duration;
+        /// how often the retention job runs
+        sweep: Duration = "ERASURE_RETENTION_SWEEP_SECONDS", "60", seconds(1, 86_400);
+    }
+
+    /// Keys.
+    keys: KeySettings {
+        /// key of the HMAC that replaces identifiers; 32+ bytes, hex or text
+        pii_hmac_key: Secret = "ERASURE_PII_HMAC_KEY", "", secret(b"erasure-dev-pii-hmac-key");
+        /// key sealing HS256 app secrets at rest; 64 hex digits
+        secret_key: Secret = "ERASURE_SECRET_KEY", "", secret(b"erasure-dev-secret-key");
+    }
+
+    /// Logs.
+    log: LogSettings {
+        /// `text` or `json`
+        format: LogFormat = "ERASURE_LOG_FORMAT", "text", log_format;
+        /// log filter (tracing `EnvFilter` syntax, e.g. `debug` or `info,erasure::worker=debug`)
+        filter: String = "ERASURE_LOG", "info,sqlx=warn,lapin=warn", log_filter;
     }
 }
 
-pub const SETTINGS: &[Setting] = &[
-    s(
-        "ERASURE_HTTP_ADDR",
-        "127.0.0.1:8080",
-        "listen address of the HTTP intake",
-    ),
-    s(
-        "DATABASE_URL",
-        "postgres://postgres@127.0.0.1:5432/erasure",
-        "PostgreSQL URL; the database is created if missing",
-    ),
-    s(
-        "AMQP_URL",
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        "RabbitMQ URL",
-    ),
-    s(
-        "ERASURE_QUEUE_PREFIX",
-        "",
-        "prefix of every exchange and queue name (e.g. `p.`)",
-    ),
-    s("ERASURE_LOG_FORMAT", "text", "`text` or `json`"),
-    s(
-        "ERASURE_LOG",
-        "info,sqlx=warn,lapin=warn",
-        "log filter (tracing `EnvFilter` syntax, e.g. `debug` or `info,erasure::worker=debug`)",
-    ),
-    s(
-        "ERASURE_MAX_BODY_BYTES",
-        "1048576",
-        "largest HTTP body accepted (413 above)",
-    ),
-    s(
-        "ERASURE_MAX_USER_IDS",
-        "1000",
-        "most `userIds` entries in one request",
-    ),
-    s(
-        "ERASURE_MAX_BOT_IDS",
-        "1000",
-        "most `botIds` entries in one request",
-    ),
-    s(
-        "ERASURE_MAX_ID_BYTES",
-        "256",
-        "longest identifier, in bytes",
-    ),
-    s(
-        "ERASURE_BATCH_SIZE",
-        "65000",
-        "rows per delete statement (one statement deletes from one store; a task message runs one per store at once)",
-    ),
-    s(
-        "ERASURE_BATCHES_PER_SLICE",
-        "50",
-        "delete statements per store one delivery runs before handing over to a continuation message",
-    ),
-    s(
-        "ERASURE_BOTS_PER_MESSAGE",
-        "50",
-        "bots whose tasks one task message works together, in shared delete statements; an unfinished message splits in two at each continuation, so replicas share a long request (1: one message per bot)",
-    ),
-    s(
-        "ERASURE_PREFETCH",
-        "8",
-        "unacknowledged deliveries per consumer",
-    ),
-    s(
-        "ERASURE_WORKER_CONCURRENCY",
-        "4",
-        "tasks executed at once per worker process",
-    ),
-    s(
-        "ERASURE_MAX_ROWS_PER_SECOND",
-        "0",
-        "ceiling on rows deleted per second per worker process (0: none)",
-    ),
-    s(
-        "ERASURE_MAX_ROWS_PER_SECOND_TOTAL",
-        "0",
-        "ceiling on rows deleted per second by all workers together (0: none)",
-    ),
-    s(
-        "ERASURE_MAX_DELIVERIES",
-        "5",
-        "deliveries of one message before it is dead-lettered",
-    ),
-    s(
-        "ERASURE_OUTBOX_POLL_MS",
-        "500",
-        "how often the outbox relay looks for unpublished messages",
-    ),
-    s(
-        "ERASURE_SHUTDOWN_GRACE_SECONDS",
-        "25",
-        "time in-flight work gets to finish after SIGTERM",
-    ),
-    s(
-        "ERASURE_PII_RETENTION",
-        "30d",
-        "how long identifiers are kept after a request settles (`30d`, `12h`, `90s`)",
-    ),
-    s(
-        "ERASURE_RETENTION_SWEEP_SECONDS",
-        "60",
-        "how often the retention job runs",
-    ),
-    Setting {
-        var: "ERASURE_PII_HMAC_KEY",
-        default: "(development key)",
-        help: "key of the HMAC that replaces identifiers; 32+ bytes, hex or text",
-        secret: true,
-    },
-    Setting {
-        var: "ERASURE_SECRET_KEY",
-        default: "(development key)",
-        help: "key sealing HS256 app secrets at rest; 64 hex digits",
-        secret: true,
-    },
-    s(
-        "ERASURE_RATE_LIMIT_PER_APP",
-        "50",
-        "intake requests per second per app (0: unlimited)",
-    ),
-    s(
-        "ERASURE_RATE_LIMIT_BURST",
-        "100",
-        "burst allowance of the per-app rate limit",
-    ),
-    s(
-        "ERASURE_DB_MAX_CONNECTIONS",
-        "16",
-        "PostgreSQL pool size per process",
-    ),
-    s(
-        "ERASURE_STATEMENT_TIMEOUT_MS",
-        "30000",
-        "PostgreSQL statement_timeout of the service's sessions",
-    ),
-];
+/// `ERASURE_*` variables that are not service settings but are read by the command line
+/// (`erasure token`, `erasure submit`, `erasure status`).
+const CLI_VARIABLES: &[&str] = &["ERASURE_CLIENT_SECRET", "ERASURE_TOKEN"];
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -248,251 +242,61 @@ impl Config {
 
     /// Builds the configuration from a map of variables (the environment, or a test's own).
     pub fn from_map(vars: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
-        let get = |var: &'static str| -> Option<&str> {
-            vars.get(var).map(String::as_str).filter(|v| !v.is_empty())
-        };
-        let default = |var: &'static str| -> &'static str {
-            SETTINGS
-                .iter()
-                .find(|s| s.var == var)
-                .map(|s| s.default)
-                .unwrap_or("")
-        };
-        let raw = |var: &'static str| -> String { get(var).unwrap_or(default(var)).to_string() };
-        fn bad(var: &'static str, value: &str, problem: impl Into<String>) -> ConfigError {
-            ConfigError {
-                var,
-                value: value.to_string(),
-                problem: problem.into(),
-            }
-        }
-        fn num<T>(var: &'static str, v: &str, min: T) -> Result<T, ConfigError>
-        where
-            T: std::str::FromStr + PartialOrd + std::fmt::Display,
-        {
-            let n: T = v
-                .trim()
-                .parse()
-                .map_err(|_| bad(var, v, "not a whole number"))?;
-            if n < min {
-                return Err(bad(var, v, format!("must be at least {min}")));
-            }
-            Ok(n)
-        }
-
-        let http = raw("ERASURE_HTTP_ADDR");
-        let http_addr = http.parse().map_err(|_| {
-            bad(
-                "ERASURE_HTTP_ADDR",
-                &http,
-                "not an address like 127.0.0.1:8080",
-            )
-        })?;
-        let database_url = raw("DATABASE_URL");
-        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
-            return Err(bad(
-                "DATABASE_URL",
-                "(hidden)",
-                "must start with postgres://",
-            ));
-        }
-        let amqp_url = raw("AMQP_URL");
-        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
-            return Err(bad("AMQP_URL", "(hidden)", "must start with amqp://"));
-        }
-        let queue_prefix = raw("ERASURE_QUEUE_PREFIX");
-        if queue_prefix.len() > 100
-            || !queue_prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c))
-        {
-            return Err(bad(
-                "ERASURE_QUEUE_PREFIX",
-                &queue_prefix,
-                "at most 100 characters of letters, digits, '.', '_', '-', ':'",
-            ));
-        }
-        let log = raw("ERASURE_LOG_FORMAT");
-        let log_format = match log.as_str() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            _ => return Err(bad("ERASURE_LOG_FORMAT", &log, "must be `text` or `json`")),
-        };
-        let log_filter = raw("ERASURE_LOG");
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
-            return Err(bad("ERASURE_LOG", &log_filter, e.to_string()));
-        }
-        let n =
-            |var: &'static str, min: u64| -> Result<u64, ConfigError> { num(var, &raw(var), min) };
-        let ms = |var: &'static str| -> Result<Duration, ConfigError> {
-            Ok(Duration::from_millis(n(var, 1)?))
-        };
-        let retention_raw = raw("ERASURE_PII_RETENTION");
-        let pii_retention = parse_duration(&retention_raw).ok_or_else(|| {
-            bad(
-                "ERASURE_PII_RETENTION",
-                &retention_raw,
-                "not a duration like 30d, 12h, 15m or 90s",
-            )
-        })?;
-        let prefetch = n("ERASURE_PREFETCH", 1)?;
-        if prefetch > u64::from(u16::MAX) {
-            return Err(bad(
-                "ERASURE_PREFETCH",
-                &raw("ERASURE_PREFETCH"),
-                "must be at most 65535",
-            ));
-        }
-        let batch_size = n("ERASURE_BATCH_SIZE", 1)?;
-        if batch_size > 100_000 {
-            return Err(bad(
-                "ERASURE_BATCH_SIZE",
-                &raw("ERASURE_BATCH_SIZE"),
-                "must be at most 100000",
-            ));
-        }
-        Ok(Self {
-            http_addr,
-            database_url,
-            amqp_url,
-            queue_prefix,
-            log_format,
-            log_filter,
-            max_body_bytes: n("ERASURE_MAX_BODY_BYTES", 64)? as usize,
-            max_user_ids: n("ERASURE_MAX_USER_IDS", 1)? as usize,
-            max_bot_ids: n("ERASURE_MAX_BOT_IDS", 1)? as usize,
-            max_id_bytes: n("ERASURE_MAX_ID_BYTES", 1)? as usize,
-            batch_size: batch_size as i64,
-            batches_per_slice: n("ERASURE_BATCHES_PER_SLICE", 1)? as u32,
-            bots_per_message: n("ERASURE_BOTS_PER_MESSAGE", 1)? as usize,
-            prefetch: prefetch as u16,
-            worker_concurrency: n("ERASURE_WORKER_CONCURRENCY", 1)? as usize,
-            max_rows_per_second: n("ERASURE_MAX_ROWS_PER_SECOND", 0)?,
-            max_rows_per_second_total: n("ERASURE_MAX_ROWS_PER_SECOND_TOTAL", 0)?,
-            max_deliveries: n("ERASURE_MAX_DELIVERIES", 1)? as u32,
-            outbox_poll: ms("ERASURE_OUTBOX_POLL_MS")?,
-            shutdown_grace: Duration::from_secs(n("ERASURE_SHUTDOWN_GRACE_SECONDS", 0)?),
-            pii_retention,
-            retention_sweep: Duration::from_secs(n("ERASURE_RETENTION_SWEEP_SECONDS", 1)?),
-            pii_hmac_key: key(
-                get("ERASURE_PII_HMAC_KEY"),
-                "ERASURE_PII_HMAC_KEY",
-                b"erasure-dev-pii-hmac-key",
-            )?,
-            secret_key: key(
-                get("ERASURE_SECRET_KEY"),
-                "ERASURE_SECRET_KEY",
-                b"erasure-dev-secret-key",
-            )?,
-            rate_limit_per_app: n("ERASURE_RATE_LIMIT_PER_APP", 0)? as u32,
-            rate_limit_burst: n("ERASURE_RATE_LIMIT_BURST", 1)? as u32,
-            db_max_connections: n("ERASURE_DB_MAX_CONNECTIONS", 2)? as u32,
-            statement_timeout: ms("ERASURE_STATEMENT_TIMEOUT_MS")?,
-        })
+        let mut config = Self::read_groups(&Vars(vars))?;
+        config.unknown = vars.keys().filter(|k| is_unknown(k)).cloned().collect();
+        Ok(config)
     }
 
-    /// The effective configuration, secrets masked, for `erasure config`.
-    pub fn describe(&self) -> Vec<(&'static str, String)> {
-        let mask_url = |u: &str| match (u.find("://"), u.rfind('@')) {
-            (Some(a), Some(b)) if b > a => format!("{}://***@{}", &u[..a], &u[b + 1..]),
-            _ => u.to_string(),
-        };
-        vec![
-            ("ERASURE_HTTP_ADDR", self.http_addr.to_string()),
-            ("DATABASE_URL", mask_url(&self.database_url)),
-            ("AMQP_URL", mask_url(&self.amqp_url)),
-            ("ERASURE_QUEUE_PREFIX", self.queue_prefix.clone()),
-            (
-                "ERASURE_LOG_FORMAT",
-                format!("{:?}", self.log_format).to_lowercase(),
-            ),
-            ("ERASURE_LOG", self.log_filter.clone()),
-            ("ERASURE_MAX_BODY_BYTES", self.max_body_bytes.to_string()),
-            ("ERASURE_MAX_USER_IDS", self.max_user_ids.to_string()),
-            ("ERASURE_MAX_BOT_IDS", self.max_bot_ids.to_string()),
-            ("ERASURE_MAX_ID_BYTES", self.max_id_bytes.to_string()),
-            ("ERASURE_BATCH_SIZE", self.batch_size.to_string()),
-            (
-                "ERASURE_BATCHES_PER_SLICE",
-                self.batches_per_slice.to_string(),
-            ),
-            (
-                "ERASURE_BOTS_PER_MESSAGE",
-                self.bots_per_message.to_string(),
-            ),
-            ("ERASURE_PREFETCH", self.prefetch.to_string()),
-            (
-                "ERASURE_WORKER_CONCURRENCY",
-                self.worker_concurrency.to_string(),
-            ),
-            (
-                "ERASURE_MAX_ROWS_PER_SECOND",
-                self.max_rows_per_second.to_string(),
-            ),
-            (
-                "ERASURE_MAX_ROWS_PER_SECOND_TOTAL",
-                self.max_rows_per_second_total.to_string(),
-            ),
-            ("ERASURE_MAX_DELIVERIES", self.max_deliveries.to_string()),
-            (
-                "ERASURE_OUTBOX_POLL_MS",
-                self.outbox_poll.as_millis().to_string(),
-            ),
-            (
-                "ERASURE_SHUTDOWN_GRACE_SECONDS",
-                self.shutdown_grace.as_secs().to_string(),
-            ),
-            (
-                "ERASURE_PII_RETENTION",
-                format!("{}s", self.pii_retention.as_secs()),
-            ),
-            (
-                "ERASURE_RETENTION_SWEEP_SECONDS",
-                self.retention_sweep.as_secs().to_string(),
-            ),
-            ("ERASURE_PII_HMAC_KEY", format!("{:?}", self.pii_hmac_key)),
-            ("ERASURE_SECRET_KEY", format!("{:?}", self.secret_key)),
-            (
-                "ERASURE_RATE_LIMIT_PER_APP",
-                self.rate_limit_per_app.to_string(),
-            ),
-            (
-                "ERASURE_RATE_LIMIT_BURST",
-                self.rate_limit_burst.to_string(),
-            ),
-            (
-                "ERASURE_DB_MAX_CONNECTIONS",
-                self.db_max_connections.to_string(),
-            ),
-            (
-                "ERASURE_STATEMENT_TIMEOUT_MS",
-                self.statement_timeout.as_millis().to_string(),
-            ),
-        ]
+    /// One warning per unknown `ERASURE_*` variable, with the setting it most resembles.
+    pub fn warnings(&self) -> Vec<String> {
+        self.unknown
+            .iter()
+            .map(|var| match closest(var) {
+                Some(known) => format!("{var} is not a setting (did you mean {known}?)"),
+                None => format!("{var} is not a setting"),
+            })
+            .collect()
     }
 }
 
-fn key(value: Option<&str>, var: &'static str, dev: &[u8]) -> Result<Secret, ConfigError> {
-    match value {
-        None => Ok(Secret {
-            bytes: dev.to_vec(),
-            configured: false,
-        }),
-        Some(v) => {
-            let bytes = hex::decode(v.trim()).unwrap_or_else(|_| v.as_bytes().to_vec());
-            if bytes.len() < 32 {
-                return Err(ConfigError {
-                    var,
-                    value: "(hidden)".into(),
-                    problem: "must be at least 32 bytes (64 hex digits)".into(),
-                });
-            }
-            Ok(Secret {
-                bytes,
-                configured: true,
-            })
+fn is_unknown(var: &str) -> bool {
+    // Kubernetes injects `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT…` for every Service in the
+    // namespace; a Service named `erasure-…` produces `ERASURE_…` variables that are not ours.
+    let service_link = var.ends_with("_SERVICE_HOST")
+        || var.contains("_SERVICE_PORT")
+        || var.ends_with("_PORT")
+        || var.contains("_PORT_");
+    var.starts_with("ERASURE_")
+        && !service_link
+        && !CLI_VARIABLES.contains(&var)
+        && !SETTINGS.iter().any(|s| s.var == var)
+}
+
+/// The setting whose name is nearest to `var` (a misspelling), if any is near.
+fn closest(var: &str) -> Option<&'static str> {
+    SETTINGS
+        .iter()
+        .map(|s| (edit_distance(var, s.var), s.var))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, v)| v)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (prev + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            prev = row[j + 1];
+            row[j + 1] = next;
         }
     }
+    row[b.len()]
 }
 
 /// Parses `30d`, `12h`, `15m`, `90s` or a bare number of seconds.
@@ -529,16 +333,19 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let c = with(&[]).unwrap();
-        assert_eq!(c.http_addr.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.max_user_ids, 1000);
-        assert_eq!(c.pii_retention, Duration::from_secs(30 * 86_400));
-        assert!(!c.secret_key.configured);
+        assert_eq!(c.http.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.http.max_user_ids, 1000);
+        assert_eq!(c.retention.pii_retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.queue.prefetch, 8);
+        assert!(!c.keys.secret_key.configured);
+        assert!(c.unknown.is_empty());
     }
 
     #[test]
     fn a_bad_value_names_its_variable() {
         let e = with(&[("ERASURE_BATCH_SIZE", "lots")]).unwrap_err();
         assert_eq!(e.var, "ERASURE_BATCH_SIZE");
+        assert!(e.to_string().contains("not a whole number"), "{e}");
         let e = with(&[("ERASURE_PII_RETENTION", "3 weeks")]).unwrap_err();
         assert_eq!(e.var, "ERASURE_PII_RETENTION");
         let e = with(&[("ERASURE_LOG_FORMAT", "xml")]).unwrap_err();
@@ -546,6 +353,65 @@ mod tests {
         let e = with(&[("ERASURE_SECRET_KEY", "short")]).unwrap_err();
         assert_eq!(e.var, "ERASURE_SECRET_KEY");
         assert!(!e.to_string().contains("short"), "secrets are not echoed");
+        let e = with(&[("DATABASE_URL", "mysql://u:hunter2@x/db")]).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "URLs are not echoed");
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_refused_not_truncated() {
+        let e = with(&[("ERASURE_PREFETCH", "65536")]).unwrap_err();
+        assert_eq!(e.var, "ERASURE_PREFETCH");
+        assert!(e.problem.contains("at most 65535"), "{e}");
+        let e = with(&[("ERASURE_RATE_LIMIT_PER_APP", "4294967296")]).unwrap_err();
+        assert_eq!(e.var, "ERASURE_RATE_LIMIT_PER_APP");
+        let e = with(&[("ERASURE_WORKER_CONCURRENCY", "0")]).unwrap_err();
+        assert!(e.problem.contains("at least 1"), "{e}");
+        let e = with(&[("ERASURE_BATCH_SIZE", "-5")]).unwrap_err();
+        assert_eq!(e.var, "ERASURE_BATCH_SIZE");
+        assert_eq!(
+            with(&[("ERASURE_PREFETCH", "65535")])
+                .unwrap()
+                .queue
+                .prefetch,
+            65535
+        );
+    }
+
+    #[test]
+    fn a_misspelt_setting_is_reported_with_the_right_name() {
+        let c = with(&[
+            ("ERASURE_BATCH_SIZ", "10"),
+            ("ERASURE_CLIENT_SECRET", "x"),
+            ("ERASURE_INTAKE_SERVICE_HOST", "10.0.0.1"),
+            ("ERASURE_INTAKE_PORT_8080_TCP", "tcp://10.0.0.1:8080"),
+            ("PATH", "/bin"),
+        ])
+        .unwrap();
+        assert_eq!(c.unknown, ["ERASURE_BATCH_SIZ"]);
+        assert_eq!(c.worker.batch_size, 65_000, "the default still applies");
+        assert_eq!(
+            c.warnings(),
+            ["ERASURE_BATCH_SIZ is not a setting (did you mean ERASURE_BATCH_SIZE?)"]
+        );
+    }
+
+    #[test]
+    fn several_broker_urls_are_read_in_order() {
+        let c = with(&[(
+            "AMQP_URL",
+            "amqp://a:b@h1:5672/%2f, amqps://a:b@h2:5671/%2f",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.queue.amqp_url.all(),
+            ["amqp://a:b@h1:5672/%2f", "amqps://a:b@h2:5671/%2f"]
+        );
+        assert_eq!(
+            c.queue.amqp_url.show(),
+            "amqp://***@h1:5672/%2f,amqps://***@h2:5671/%2f"
+        );
+        assert!(with(&[("AMQP_URL", "amqp://h1/,http://h2/")]).is_err());
+        assert!(with(&[("AMQP_URL", " , ")]).is_err());
     }
 
     #[test]
@@ -557,10 +423,21 @@ mod tests {
     }
 
     #[test]
-    fn every_setting_is_described() {
+    fn every_setting_is_described_once_in_declaration_order() {
         let c = with(&[]).unwrap();
         let described: Vec<_> = c.describe().into_iter().map(|(k, _)| k).collect();
         let documented: Vec<_> = SETTINGS.iter().map(|s| s.var).collect();
         assert_eq!(described, documented);
+        let mut unique = documented.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), documented.len(), "no variable twice");
+        assert!(SETTINGS.iter().all(|s| !s.help.is_empty()));
+        let secrets: Vec<_> = SETTINGS
+            .iter()
+            .filter(|s| s.secret)
+            .map(|s| s.var)
+            .collect();
+        assert_eq!(secrets, ["ERASURE_PII_HMAC_KEY", "ERASURE_SECRET_KEY"]);
     }
 }

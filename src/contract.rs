@@ -7,6 +7,9 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use crate::domain::RequestId;
+use crate::domain::{AccountId, BotId, RequestStatus, UserRef, UserStatus};
+
 /// The routing key of erase requests on the `erasure` exchange (contract).
 pub const ERASE_ROUTING_KEY: &str = "erase.request";
 /// The routing key of per-(request, bot) task messages (internal).
@@ -27,41 +30,10 @@ pub struct Limits {
 impl Limits {
     pub fn from_config(c: &crate::config::Config) -> Self {
         Self {
-            max_user_ids: c.max_user_ids,
-            max_bot_ids: c.max_bot_ids,
-            max_id_bytes: c.max_id_bytes,
+            max_user_ids: c.http.max_user_ids,
+            max_bot_ids: c.http.max_bot_ids,
+            max_id_bytes: c.http.max_id_bytes,
         }
-    }
-}
-
-/// A request id: `eud-` followed by a producer-chosen token.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
-#[serde(transparent)]
-#[sqlx(transparent)]
-pub struct RequestId(String);
-
-impl RequestId {
-    pub fn generate() -> Self {
-        Self(format!("eud-{}", uuid::Uuid::new_v4()))
-    }
-    /// Accepts `eud-` plus 1 to 124 characters of letters, digits, `-`, `_`, `.` or `:`.
-    pub fn parse(s: &str) -> Option<Self> {
-        let rest = s.strip_prefix("eud-")?;
-        let ok = !rest.is_empty()
-            && s.len() <= 128
-            && rest
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
-        ok.then(|| Self(s.to_string()))
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for RequestId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -80,10 +52,21 @@ pub enum UserEntry {
 impl UserEntry {
     /// The identifier as stored in `user_ref` and shown back in the status document: the
     /// string itself, or the channel pair's canonical JSON text.
-    pub fn user_ref(&self) -> String {
+    pub fn user_ref(&self) -> UserRef {
         match self {
-            Self::Id(s) => s.clone(),
-            Self::Channel { .. } => self.to_json().to_string(),
+            Self::Id(s) => UserRef::new(s.clone()),
+            Self::Channel { .. } => UserRef::new(self.to_json().to_string()),
+        }
+    }
+
+    /// The entry as the status document shows it back: the string, or the channel pair as
+    /// an object.
+    pub fn shown(user_ref: &UserRef, is_channel: bool) -> Value {
+        if is_channel {
+            serde_json::from_str(user_ref.as_str())
+                .unwrap_or_else(|_| Value::String(user_ref.to_string()))
+        } else {
+            Value::String(user_ref.to_string())
         }
     }
     pub fn to_json(&self) -> Value {
@@ -103,7 +86,7 @@ impl UserEntry {
 #[derive(Clone, Debug, PartialEq)]
 pub struct EraseRequest {
     pub user_ids: Vec<UserEntry>,
-    pub bot_ids: Vec<String>,
+    pub bot_ids: Vec<BotId>,
     pub remove_data_from_all_bots: bool,
 }
 
@@ -136,8 +119,8 @@ pub struct ErrorBody {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Accepted {
-    pub request_id: String,
-    pub status: String,
+    pub request_id: RequestId,
+    pub status: RequestStatus,
 }
 
 /// Parses and validates an HTTP erase body. Unknown fields are ignored, for compatibility with
@@ -414,7 +397,7 @@ fn read_bot_ids(
     remove_all: bool,
     limits: &Limits,
     errors: &mut Vec<FieldError>,
-) -> Vec<String> {
+) -> Vec<BotId> {
     let field = "botIds";
     let items = match v {
         None | Some(Value::Null) => &Vec::new(),
@@ -442,7 +425,7 @@ fn read_bot_ids(
         items,
         errors,
         |item, path, errors| match item {
-            Value::String(s) => check_id(s, path, limits, errors).then(|| s.clone()),
+            Value::String(s) => check_id(s, path, limits, errors).then(|| BotId::new(s.clone())),
             _ => {
                 errors.push(FieldError::new(
                     "invalid_type",
@@ -460,7 +443,7 @@ fn read_bot_ids(
 #[derive(Clone, Debug, PartialEq)]
 pub struct EraseMessage {
     pub request_id: RequestId,
-    pub account_id: String,
+    pub account_id: AccountId,
     pub request: EraseRequest,
     pub requested_by: String,
     pub requested_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -473,7 +456,7 @@ pub struct EraseMessage {
 #[derive(Debug)]
 pub struct MessageError {
     pub request_id: Option<RequestId>,
-    pub account_id: Option<String>,
+    pub account_id: Option<AccountId>,
     pub reason: String,
 }
 
@@ -503,7 +486,7 @@ impl MessageError {
         };
         Self {
             request_id: text(p.request_id).as_deref().and_then(RequestId::parse),
-            account_id: text(p.account_id),
+            account_id: text(p.account_id).map(AccountId::new),
             reason,
         }
     }
@@ -569,7 +552,7 @@ impl EraseMessage {
                 )),
             }
         };
-        let account_id = text("accountId")?;
+        let account_id = AccountId::new(text("accountId")?);
         let requested_by = text("requestedBy")?;
         let requested_at = match obj.get("requestedAt") {
             None | Some(Value::Null) => None,
@@ -619,16 +602,16 @@ impl EraseMessage {
 pub struct TaskMessage {
     pub version: u32,
     pub request_id: RequestId,
-    pub bot_id: String,
+    pub bot_id: BotId,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub bot_ids: Vec<String>,
+    pub bot_ids: Vec<BotId>,
     /// Which slice of the task this delivery works; continuations carry the next number.
     pub slice: i32,
 }
 
 impl TaskMessage {
     /// A message for `bots` (not empty) of the request.
-    pub fn new(request_id: &RequestId, bots: &[String], slice: i32) -> Self {
+    pub fn new(request_id: &RequestId, bots: &[BotId], slice: i32) -> Self {
         Self {
             version: 1,
             request_id: request_id.clone(),
@@ -646,7 +629,7 @@ impl TaskMessage {
     /// no bots).
     pub fn for_bots(
         request_id: &RequestId,
-        bots: &[String],
+        bots: &[BotId],
         per_message: usize,
         slice: i32,
     ) -> Vec<Self> {
@@ -656,7 +639,7 @@ impl TaskMessage {
     }
 
     /// The bots this message works.
-    pub fn bots(&self) -> Vec<String> {
+    pub fn bots(&self) -> Vec<BotId> {
         if self.bot_ids.is_empty() {
             vec![self.bot_id.clone()]
         } else {
@@ -684,12 +667,12 @@ impl TaskMessage {
     }
 }
 
-/// Per-user outcome in the status document.
+/// One `userIds` entry's outcome in the status document.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct UserOutcome {
+pub struct UserResponse {
     #[serde(rename = "userId")]
     pub user_id: Value,
-    pub status: String,
+    pub status: UserStatus,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reason: Option<String>,
 }
@@ -713,10 +696,10 @@ pub struct Progress {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StatusDocument {
     #[serde(rename = "_id")]
-    pub id: String,
+    pub id: RequestId,
     #[serde(rename = "requestId")]
-    pub request_id: String,
-    pub status: String,
+    pub request_id: RequestId,
+    pub status: RequestStatus,
     #[serde(rename = "createdOn")]
     pub created_on: String,
     #[serde(rename = "lastUpdatedOn")]
@@ -725,7 +708,7 @@ pub struct StatusDocument {
     pub completed_on: Option<String>,
     #[serde(rename = "RemoveDataFromAllBots")]
     pub remove_data_from_all_bots: bool,
-    pub response: Vec<UserOutcome>,
+    pub response: Vec<UserResponse>,
     pub progress: Progress,
     /// Why the request failed, when it did (addition to the platform's document).
     #[serde(

@@ -13,7 +13,10 @@ use sqlx::PgPool;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::contract::RequestId;
+use crate::{
+    domain::{BotId, PlatformUserId, RequestId},
+    store::{pace, tasks},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Store {
@@ -99,18 +102,11 @@ static CONVERSATIONS: Statements = statements!("platform.conversations");
 static SESSIONS: Statements = statements!("platform.sessions");
 static ANALYTICS: Statements = statements!("platform.analytics_events");
 
-/// Adds rows deleted per bot ($3, $4) of one store ($2) to the request's ($1) tasks: in the
-/// transaction that deleted them, so the counts are exact.
-const COUNT_ROWS_SQL: &str = "
-    INSERT INTO erasure.task_rows AS t (request_id, bot_id, store, rows)
-    SELECT $1, c.bot_id, $2, c.rows FROM unnest($3::text[], $4::bigint[]) AS c(bot_id, rows)
-    ON CONFLICT (request_id, bot_id, store) DO UPDATE SET rows = t.rows + excluded.rows";
-
 /// Whose rows a task message deletes.
 pub struct Target<'a> {
     pub request: &'a RequestId,
-    pub bots: &'a [String],
-    pub users: &'a [String],
+    pub bots: &'a [BotId],
+    pub users: &'a [PlatformUserId],
 }
 
 /// Deletes one batch of at most `limit` of the target's rows from `store`, and counts them per
@@ -143,14 +139,14 @@ pub async fn delete_batch(
     // constant, and PostgreSQL re-checks each deleted row's user against a hash of it instead
     // of a linear scan of up to 1,000 ids (a generic plan of a cached statement does the
     // latter: measured 1.5x the CPU of the whole statement for 500 users).
-    let (bots, rows, drained): (Vec<String>, Vec<i64>, bool) = sqlx::query_as(store.sql().batch)
+    let (bots, rows, drained): (Vec<BotId>, Vec<i64>, bool) = sqlx::query_as(store.sql().batch)
         .persistent(false)
         .bind(target.users)
         .bind(target.bots)
         .bind(limit)
         .fetch_one(&mut *tx)
         .await?;
-    let deleted = count_rows(&mut tx, store, target.request, &bots, &rows).await?;
+    let deleted = tasks::count_rows(&mut tx, target.request, store.name(), &bots, &rows).await?;
     tx.commit().await?;
     record_longest(started.elapsed());
     Ok(Batch { deleted, drained })
@@ -165,7 +161,7 @@ async fn delete_all(
 ) -> Result<Option<Batch>, sqlx::Error> {
     let started = Instant::now();
     let mut tx = crate::store::begin_relaxed_snapshot(pool).await?;
-    let counts: Vec<(String, i64)> = sqlx::query_as(store.sql().count)
+    let counts: Vec<(BotId, i64)> = sqlx::query_as(store.sql().count)
         .persistent(false)
         .bind(target.users)
         .bind(target.bots)
@@ -198,35 +194,14 @@ async fn delete_all(
         tx.rollback().await?;
         return Ok(None);
     }
-    let (bots, rows): (Vec<String>, Vec<i64>) = counts.into_iter().unzip();
-    count_rows(&mut tx, store, target.request, &bots, &rows).await?;
+    let (bots, rows): (Vec<BotId>, Vec<i64>) = counts.into_iter().unzip();
+    tasks::count_rows(&mut tx, target.request, store.name(), &bots, &rows).await?;
     tx.commit().await?;
     record_longest(started.elapsed());
     Ok(Some(Batch {
         deleted,
         drained: true,
     }))
-}
-
-/// Adds `rows` deleted per bot (`bots`, same order) from `store` to the request's tasks, and
-/// returns their sum.
-async fn count_rows(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    store: Store,
-    request: &RequestId,
-    bots: &[String],
-    rows: &[i64],
-) -> Result<u64, sqlx::Error> {
-    if !bots.is_empty() {
-        sqlx::query(COUNT_ROWS_SQL)
-            .bind(request)
-            .bind(store.name())
-            .bind(bots)
-            .bind(rows)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(rows.iter().sum::<i64>().max(0) as u64)
 }
 
 /// Opens `connections` connections and runs each store's batch and count statements once on
@@ -352,15 +327,9 @@ impl Throttle {
             wait = *next - now;
         }
         if self.total_rows_per_second > 0 {
-            let secs: f64 = sqlx::query_scalar(
-                "UPDATE erasure.delete_pace
-                    SET next_at = GREATEST(next_at, clock_timestamp()) + make_interval(secs => $1)
-                 RETURNING GREATEST(extract(epoch FROM next_at - clock_timestamp())::float8, 0)",
-            )
-            .bind(rows as f64 / self.total_rows_per_second as f64)
-            .fetch_one(pool)
-            .await?;
-            wait = wait.max(Duration::from_secs_f64(secs));
+            let shared =
+                pace::reserve(pool, rows as f64 / self.total_rows_per_second as f64).await?;
+            wait = wait.max(shared);
         }
         if wait.is_zero() {
             return Ok(true);
@@ -385,13 +354,7 @@ impl Throttle {
             *next = next.checked_sub(pace.secs(rows)).unwrap_or(now).max(now);
         }
         if self.total_rows_per_second > 0 {
-            sqlx::query(
-                "UPDATE erasure.delete_pace
-                    SET next_at = GREATEST(next_at - make_interval(secs => $1), clock_timestamp())",
-            )
-            .bind(rows as f64 / self.total_rows_per_second as f64)
-            .execute(pool)
-            .await?;
+            pace::refund(pool, rows as f64 / self.total_rows_per_second as f64).await?;
         }
         Ok(())
     }

@@ -3,18 +3,21 @@
 //!
 //! The flow, one module per step: [`intake`] (HTTP, auth) → [`queue`] (RabbitMQ) →
 //! [`worker`] (planning, tasks) → [`erase`] (batched deletes) → [`store`] (the service's own
-//! state). [`contract`] holds the wire types every side shares.
+//! state). [`contract`] holds the wire types every side shares, [`domain`] the identifiers and
+//! states, [`rules`] the rules of erasure.
 
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod contract;
+pub mod domain;
 pub mod erase;
 pub mod intake;
 pub mod queue;
 pub mod relay;
 pub mod retention;
 pub mod retry;
+pub mod rules;
 pub mod secrets;
 pub mod seed;
 pub mod startup;

@@ -1,12 +1,31 @@
-//! The one retry helper: exponential backoff with jitter (`backon`) for transient database
-//! errors. Everything that talks to PostgreSQL from a worker goes through it.
+//! Every retry of the service goes through here: exponential backoff with jitter (`backon`).
+//! [`transient`] retries an operation while its error is transient; [`reconnect_delays`]
+//! paces the consumer's reconnect loop; [`until_ready`] waits for the database at start.
 
 use std::{future::Future, time::Duration};
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 
 use crate::store;
 
+/// An error that may go away if the operation is tried again.
+pub trait Transient: std::fmt::Debug {
+    fn is_transient(&self) -> bool;
+    /// A short, non-PII description for logs.
+    fn describe(&self) -> String;
+}
+
+impl Transient for sqlx::Error {
+    fn is_transient(&self) -> bool {
+        store::is_transient(self)
+    }
+    fn describe(&self) -> String {
+        store::describe(self)
+    }
+}
+
+/// About a minute in all: long enough to ride out a database failover or restart, short
+/// enough that a delivery is handed back (not held) when the outage lasts.
 fn policy() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
@@ -17,16 +36,45 @@ fn policy() -> ExponentialBuilder {
 
 /// Runs `op`, retrying while it fails with a transient error (connection lost, serialization
 /// failure, deadlock, timeout); returns the last error otherwise.
-pub async fn db<T, F, Fut>(what: &'static str, op: F) -> Result<T, sqlx::Error>
+pub async fn transient<T, E, F, Fut>(what: &'static str, op: F) -> Result<T, E>
 where
+    E: Transient,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, sqlx::Error>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     op.retry(policy())
-        .when(store::is_transient)
-        .notify(|e, wait| {
+        .when(E::is_transient)
+        .notify(|e: &E, wait| {
             metrics::counter!("erasure_db_retries_total", "operation" => what).increment(1);
-            tracing::warn!(operation = what, error = %store::describe(e), retry_in_ms = wait.as_millis() as u64, "transient database error");
+            tracing::warn!(operation = what, error = %e.describe(), retry_in_ms = wait.as_millis() as u64, "transient database error");
         })
         .await
+}
+
+/// Delays between a consumer's reconnection attempts: from 200 ms, doubling up to 10 s,
+/// jittered so that replicas that lost the broker together do not return together; endless.
+pub fn reconnect_delays() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Runs `op` until it succeeds, up to 8 attempts over about half a minute (a process that
+/// starts with its dependencies, which may still be starting).
+pub async fn until_ready<T, F, Fut>(what: &'static str, op: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    op.retry(
+        ExponentialBuilder::default()
+            .with_max_times(8)
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter(),
+    )
+    .notify(|e, wait| tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "{what} not ready"))
+    .await
 }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::Context;
-use backon::{ExponentialBuilder, Retryable};
+use sqlx::PgPool;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -20,8 +20,8 @@ use crate::{
         consumer::{self, ConsumerSpec},
         publisher::Publisher,
     },
-    relay, retention, store, telemetry,
-    worker::{Ctx, plan::RequestHandler, task::TaskHandler},
+    relay, retention, retry, store, telemetry,
+    worker::{Ctx, job::Runner, plan::PlanJob, task::TaskJob},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -35,6 +35,13 @@ pub enum Role {
 }
 
 impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Intake => "intake",
+            Role::Worker => "worker",
+        }
+    }
     fn intake(self) -> bool {
         matches!(self, Role::All | Role::Intake)
     }
@@ -66,74 +73,34 @@ impl Running {
 
 pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
     let metrics = telemetry::metrics();
-    let pool = (|| store::connect_and_migrate(&config.database_url, config.db_max_connections, config.statement_timeout))
-        .retry(ExponentialBuilder::default().with_max_times(8).with_max_delay(Duration::from_secs(5)).with_jitter())
-        .notify(|e, wait| tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "database not ready"))
-        .await
-        .context("connecting to PostgreSQL and applying migrations")?;
-    if !config.secret_key.configured {
-        tracing::warn!(
-            "ERASURE_SECRET_KEY is not set: app secrets are sealed with the built-in development key"
-        );
-    }
-    if !config.pii_hmac_key.configured {
-        tracing::warn!(
-            "ERASURE_PII_HMAC_KEY is not set: identifiers are redacted with the built-in development key"
-        );
-    }
-    let topology = Topology::new(&config.queue_prefix, config.max_deliveries);
-    let role_name = match role {
-        Role::All => "all",
-        Role::Intake => "intake",
-        Role::Worker => "worker",
-    };
+    let pool = retry::until_ready("database", || {
+        store::connect_and_migrate(
+            &config.database.url,
+            config.database.max_connections,
+            config.database.statement_timeout,
+        )
+    })
+    .await
+    .context("connecting to PostgreSQL and applying migrations")?;
+    warn_about_development_keys(&config);
+    let topology = Topology::new(&config.queue.prefix, config.queue.max_deliveries);
     let publisher = Arc::new(Publisher::new(
-        &config.amqp_url,
-        &format!("{role_name}-publisher"),
+        config.queue.amqp_url.primary(),
+        &format!("{}-publisher", role.name()),
         topology.clone(),
     ));
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
 
-    let mut consumers = Vec::new();
-    if role.worker() {
-        let warm = (config.worker_concurrency + 1).min(config.db_max_connections as usize);
-        let _ =
-            tokio::time::timeout(Duration::from_secs(5), crate::erase::warm_up(&pool, warm)).await;
-        let ctx = Arc::new(Ctx::new(pool.clone(), config.clone(), publisher.clone()));
-        let specs = [
-            ("requests", topology.requests_queue()),
-            ("tasks", topology.tasks_queue()),
-        ];
-        for (name, queue) in specs {
-            let up = Arc::new(AtomicBool::new(false));
-            consumers.push((name, up.clone()));
-            let spec = ConsumerSpec {
-                url: config.amqp_url.clone(),
-                queue,
-                name,
-                prefetch: config.prefetch,
-                concurrency: config.worker_concurrency,
-                grace: config.shutdown_grace,
-                topology: topology.clone(),
-                up,
-            };
-            let c = cancel.clone();
-            if name == "requests" {
-                tracker.spawn(consumer::run(
-                    spec,
-                    Arc::new(RequestHandler(ctx.clone())),
-                    c,
-                ));
-            } else {
-                tracker.spawn(consumer::run(spec, Arc::new(TaskHandler(ctx.clone())), c));
-            }
-        }
-    }
+    let consumers = if role.worker() {
+        spawn_workers(&config, &pool, &publisher, &topology, &tracker, &cancel).await
+    } else {
+        Vec::new()
+    };
     tracker.spawn(relay::run(
         pool.clone(),
         publisher.clone(),
-        config.outbox_poll,
+        config.queue.outbox_poll,
         cancel.clone(),
     ));
     tracker.spawn(retention::run(pool.clone(), config.clone(), cancel.clone()));
@@ -146,14 +113,14 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
         metrics,
         consumers,
         rate: Arc::new(RateLimiter::new(
-            config.rate_limit_per_app,
-            config.rate_limit_burst,
+            config.http.rate_limit_per_app,
+            config.http.rate_limit_burst,
         )),
     };
     let app = intake::router(state, role.intake());
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
+    let listener = tokio::net::TcpListener::bind(config.http.addr)
         .await
-        .with_context(|| format!("binding ERASURE_HTTP_ADDR={}", config.http_addr))?;
+        .with_context(|| format!("binding ERASURE_HTTP_ADDR={}", config.http.addr))?;
     let http_addr = listener.local_addr()?;
     let c = cancel.clone();
     tracker.spawn(async move {
@@ -167,10 +134,58 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
-    tracing::info!(role = role_name, http = %http_addr, "erasure started");
+    tracing::info!(role = role.name(), http = %http_addr, "erasure started");
     Ok(Running {
         http_addr,
         cancel,
         tracker,
     })
+}
+
+fn warn_about_development_keys(config: &Config) {
+    if !config.keys.secret_key.configured {
+        tracing::warn!(
+            "ERASURE_SECRET_KEY is not set: app secrets are sealed with the built-in development key"
+        );
+    }
+    if !config.keys.pii_hmac_key.configured {
+        tracing::warn!(
+            "ERASURE_PII_HMAC_KEY is not set: identifiers are redacted with the built-in development key"
+        );
+    }
+}
+
+/// Starts one consumer per worker queue, each running its job; returns their readiness flags.
+async fn spawn_workers(
+    config: &Config,
+    pool: &PgPool,
+    publisher: &Arc<Publisher>,
+    topology: &Topology,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> Vec<(&'static str, Arc<AtomicBool>)> {
+    let warm = (config.worker.concurrency + 1).min(config.database.max_connections as usize);
+    let _ = tokio::time::timeout(Duration::from_secs(5), crate::erase::warm_up(pool, warm)).await;
+    let ctx = Arc::new(Ctx::new(pool.clone(), config.clone()));
+    let spec = |name: &'static str, queue: String| ConsumerSpec {
+        url: config.queue.amqp_url.primary().to_string(),
+        queue,
+        name,
+        prefetch: config.queue.prefetch,
+        concurrency: config.worker.concurrency,
+        grace: config.worker.shutdown_grace,
+        topology: topology.clone(),
+        up: Arc::new(AtomicBool::new(false)),
+    };
+    let requests = spec("requests", topology.requests_queue());
+    let tasks = spec("tasks", topology.tasks_queue());
+    let consumers = vec![
+        (requests.name, requests.up.clone()),
+        (tasks.name, tasks.up.clone()),
+    ];
+    let plan = Runner::new(PlanJob, ctx.clone(), publisher.clone());
+    tracker.spawn(consumer::run(requests, Arc::new(plan), cancel.clone()));
+    let task = Runner::new(TaskJob, ctx, publisher.clone());
+    tracker.spawn(consumer::run(tasks, Arc::new(task), cancel.clone()));
+    consumers
 }

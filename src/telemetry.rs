@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-use crate::{config::LogFormat, store::requests::Settled};
+use crate::{config::LogFormat, domain::RequestStatus};
 
 /// Installs the global subscriber once; later calls are no-ops. Logs go to stderr.
 /// `filter` was validated with the configuration (`ERASURE_LOG`).
@@ -91,16 +91,20 @@ fn describe() {
         "Tasks drained and counted done"
     );
     describe_counter!(
-        "erasure_tasks_retried_total",
-        "Task deliveries requeued after a transient error"
+        "erasure_handed_back_total",
+        "Deliveries handed back (republished) after a transient error, by kind (plan, task)"
+    );
+    describe_counter!(
+        "erasure_job_steps_total",
+        "Deliveries handled, by kind (plan, task) and step (planned, settled_at_planning, duplicate, drained, continued, stale)"
     );
     describe_counter!(
         "erasure_dead_lettered_total",
-        "Messages moved to the dead-letter queue, by kind"
+        "Messages moved to the dead-letter queue, by kind (plan, task)"
     );
     describe_counter!(
         "erasure_poison_messages_total",
-        "Messages that could not be parsed"
+        "Messages that could not be parsed, by kind (plan, task)"
     );
     describe_counter!(
         "erasure_rows_deleted_total",
@@ -144,10 +148,9 @@ fn describe() {
 }
 
 /// Counts a request that this process just settled and records how long it took, creation to
-/// settling (read by the same statement that settled it).
-pub fn record_settled(settled: &Settled) {
-    metrics::counter!("erasure_requests_finished_total", "status" => settled.status.clone())
-        .increment(1);
-    metrics::histogram!("erasure_request_duration_seconds", "status" => settled.status.clone())
-        .record(settled.seconds.max(0.0));
+/// settling (read by the statement that settled it). Called by the store's settling arrows.
+pub fn record_settled(status: RequestStatus, seconds: f64) {
+    metrics::counter!("erasure_requests_finished_total", "status" => status.as_str()).increment(1);
+    metrics::histogram!("erasure_request_duration_seconds", "status" => status.as_str())
+        .record(seconds.max(0.0));
 }

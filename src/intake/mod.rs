@@ -31,10 +31,11 @@ use crate::{
     contract::{
         self, Accepted, ERASE_ROUTING_KEY, EraseMessage, ErrorBody, FieldError, Limits, RequestId,
     },
+    domain::{AccountId, BotId, RequestStatus},
     queue::publisher::Publisher,
     secrets,
     store::{
-        self, apps,
+        self,
         apps::App,
         requests::{self, NewRequest, Source},
     },
@@ -113,7 +114,7 @@ impl IntoResponse for AuthError {
 
 async fn authenticate(state: &IntakeState, headers: &HeaderMap) -> Result<App, Response> {
     let token = auth::token_from_headers(headers).map_err(IntoResponse::into_response)?;
-    let app = auth::authenticate(&state.pool, &state.config.secret_key.bytes, token)
+    let app = auth::authenticate(&state.pool, &state.config.keys.secret_key.bytes, token)
         .await
         .map_err(IntoResponse::into_response)?;
     if let Err(retry_after) = state.rate.check(&app.client_id) {
@@ -170,7 +171,7 @@ async fn erase_inner(
         Ok(a) => a,
         Err(r) => return r,
     };
-    let max = state.config.max_body_bytes;
+    let max = state.config.http.max_body_bytes;
     let too_large = || {
         refused("too_large");
         error(
@@ -225,8 +226,8 @@ async fn erase_inner(
     }
     // Every named bot must be one of the app's account's.
     if !request.remove_data_from_all_bots {
-        let owners: HashMap<String, String> =
-            match apps::bot_accounts(&state.pool, &request.bot_ids).await {
+        let owners: HashMap<BotId, AccountId> =
+            match store::platform::bot_accounts(&state.pool, &request.bot_ids).await {
                 Ok(v) => v.into_iter().collect(),
                 Err(e) => return unavailable(&e),
             };
@@ -310,8 +311,8 @@ fn accepted(id: &RequestId) -> Response {
     (
         StatusCode::ACCEPTED,
         Json(Accepted {
-            request_id: id.to_string(),
-            status: "in-progress".into(),
+            request_id: id.clone(),
+            status: RequestStatus::InProgress,
         }),
     )
         .into_response()

@@ -8,7 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::anyhow;
@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::Topology;
+use crate::retry;
 
 /// What the consumer does with a delivery once its handler returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,11 +61,12 @@ pub struct ConsumerSpec {
 /// Runs until `cancel` fires, then stops consuming, lets in-flight work finish within the
 /// grace period, and returns.
 pub async fn run<H: Handler>(spec: ConsumerSpec, handler: Arc<H>, cancel: CancellationToken) {
-    let mut delay = Duration::from_millis(200);
+    let mut delays = retry::reconnect_delays();
     loop {
         if cancel.is_cancelled() {
             return;
         }
+        let started = Instant::now();
         match session(&spec, &handler, &cancel).await {
             Ok(()) => return,
             Err(e) => {
@@ -72,20 +74,19 @@ pub async fn run<H: Handler>(spec: ConsumerSpec, handler: Arc<H>, cancel: Cancel
                 metrics::gauge!("erasure_consumer_up", "queue" => spec.name).set(0.0);
                 metrics::counter!("erasure_consumer_reconnects_total", "queue" => spec.name)
                     .increment(1);
+                // A session that lasted is a new outage: start the backoff over.
+                if started.elapsed() > Duration::from_secs(30) {
+                    delays = retry::reconnect_delays();
+                }
+                let delay = delays.next().unwrap_or(Duration::from_secs(10));
                 tracing::warn!(queue = %spec.queue, error = %e, retry_in_ms = delay.as_millis() as u64, "consumer lost its connection");
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(with_jitter(delay)) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
     }
-}
-
-fn with_jitter(d: Duration) -> Duration {
-    use rand::Rng;
-    d.mul_f64(rand::rng().random_range(0.5..1.5))
 }
 
 async fn session<H: Handler>(

@@ -121,6 +121,20 @@ pub fn header_str(props: &lapin::BasicProperties, name: &str) -> Option<String> 
     }
 }
 
+/// Deliveries a message has had, counting this one (quorum queues count redeliveries in
+/// `x-delivery-count`).
+pub fn delivery_number(props: &lapin::BasicProperties) -> u64 {
+    header_u64(props, "x-delivery-count").unwrap_or(0) + 1
+}
+
+/// The message id a delivery carries (ours are request or task ids).
+pub fn message_id(props: &lapin::BasicProperties) -> String {
+    props
+        .message_id()
+        .as_ref()
+        .map_or_else(|| "unidentified".into(), |m| m.as_str().to_string())
+}
+
 /// A numeric header value, if present (`x-delivery-count` and our own counters).
 pub fn header_u64(props: &lapin::BasicProperties, name: &str) -> Option<u64> {
     let headers = props.headers().as_ref()?;

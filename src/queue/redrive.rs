@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use super::{Topology, header_str, publisher::Publisher};
 use crate::{
     contract::{ERASE_ROUTING_KEY, RequestId, TASK_ROUTING_KEY},
-    store::{dead_letters, requests},
+    store::requests,
 };
 
 /// Where a dead letter came from: our own header, else the broker's dead-lettering record.
@@ -92,10 +92,7 @@ pub async fn redrive(
         let request_id = request_id_of(&msg.delivery.properties, &msg.delivery.data);
         let step = async {
             if let Some(id) = &request_id {
-                let mut tx = pool.begin().await?;
-                requests::reopen(&mut tx, id).await?;
-                dead_letters::mark_redriven(&mut tx, id.as_str()).await?;
-                tx.commit().await?;
+                requests::reopen(pool, id).await?;
             }
             let mut headers = FieldTable::default();
             headers.insert("x-erasure-redriven".into(), AMQPValue::Boolean(true));

@@ -1,11 +1,13 @@
-//! Registered API apps (`platform.api_apps`) and the bots of an account.
+//! Registered API apps (`platform.api_apps`).
 
 use sqlx::PgPool;
+
+use crate::domain::AccountId;
 
 #[derive(sqlx::FromRow, Debug, Clone)]
 pub struct App {
     pub client_id: String,
-    pub account_id: String,
+    pub account_id: AccountId,
     pub scopes: Vec<String>,
     pub algorithm: String,
     pub secret_sealed: Option<Vec<u8>>,
@@ -23,17 +25,10 @@ pub async fn find(pool: &PgPool, client_id: &str) -> Result<Option<App>, sqlx::E
     .await
 }
 
-pub async fn account_exists(pool: &PgPool, account_id: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM platform.accounts WHERE id = $1)")
-        .bind(account_id)
-        .fetch_one(pool)
-        .await
-}
-
 pub async fn insert(
     pool: &PgPool,
     client_id: &str,
-    account_id: &str,
+    account_id: &AccountId,
     scopes: &[String],
     algorithm: &str,
     secret_sealed: Option<&[u8]>,
@@ -54,27 +49,12 @@ pub async fn insert(
     Ok(())
 }
 
-/// The account each of `bot_ids` belongs to (bots unknown to the platform are absent).
-pub async fn bot_accounts<'e, E>(
-    exec: E,
-    bot_ids: &[String],
-) -> Result<Vec<(String, String)>, sqlx::Error>
-where
-    E: sqlx::PgExecutor<'e>,
-{
-    sqlx::query_as("SELECT id, account_id FROM platform.bots WHERE id = ANY($1)")
-        .bind(bot_ids)
-        .fetch_all(exec)
-        .await
-}
-
-/// Every bot of an account.
-pub async fn account_bots<'e, E>(exec: E, account_id: &str) -> Result<Vec<String>, sqlx::Error>
-where
-    E: sqlx::PgExecutor<'e>,
-{
-    sqlx::query_scalar("SELECT id FROM platform.bots WHERE account_id = $1 ORDER BY id")
-        .bind(account_id)
-        .fetch_all(exec)
-        .await
+/// Disables an app: its tokens are refused from then on. `false` when there is no such app.
+pub async fn disable(pool: &PgPool, client_id: &str) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query("UPDATE platform.api_apps SET enabled = false WHERE client_id = $1")
+        .bind(client_id)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(n == 1)
 }

@@ -1,24 +1,17 @@
 //! The service's own state in PostgreSQL (schema `erasure`): requests, their users, per-bot
-//! tasks, the outbox and recorded dead letters; plus API apps read from `platform`.
-//!
-//! Request states (column `requests.status`):
-//!
-//! ```text
-//!   in-progress ──all tasks done──▶ completed | rejected (every user rejected)
-//!        │  ▲
-//!  dead- │  │ redrive
-//! letter ▼  │
-//!       failed
-//! ```
-//!
-//! Task states (column `tasks.status`): `pending ──drained──▶ done`, `pending ──permanent
-//! error──▶ failed ──redrive──▶ pending`. A task becomes `done` once, guarded by its state, in
-//! the same transaction that counts it in `requests.tasks_done`.
+//! tasks, the outbox, dead letters and the shared delete pace; plus the reads of the
+//! platform's identity model and its API apps. This module is the only writer of `erasure.*`:
+//! each arrow of the state diagrams in [`crate::domain`] is one function here, one guarded
+//! statement or transaction, and the arrows that settle a request count it in the metrics.
 
 pub mod apps;
 pub mod dead_letters;
 pub mod outbox;
+pub mod pace;
+pub mod planning;
+pub mod platform;
 pub mod requests;
+pub mod retention;
 pub mod tasks;
 
 use std::{str::FromStr, time::Duration};

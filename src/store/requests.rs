@@ -1,15 +1,21 @@
-//! Requests and their users: recording, planning, settling, and the status document.
-
-use std::collections::HashMap;
+//! Requests and their users: recording them, the arrows of their diagrams that are not part
+//! of planning or of a task (re-check, fail, reopen), and the status document.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
-use crate::contract::{
-    self, EraseRequest, Progress, RequestId, RowsDeleted, StatusDocument, UserEntry, UserOutcome,
+use super::outbox::OutboxMessage;
+use crate::{
+    contract::{
+        self, EraseRequest, Progress, RowsDeleted, StatusDocument, UserEntry, UserResponse,
+    },
+    domain::{
+        AccountId, PlatformUserId, RequestId, RequestStatus, UserOutcome, UserRef, UserStatus,
+    },
+    rules::{self, Protections},
 };
 
-/// Where a request came from.
+/// Where a request came from (`erasure.requests.source`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
     Http,
@@ -28,7 +34,7 @@ impl Source {
 /// A request about to be recorded.
 pub struct NewRequest<'a> {
     pub request_id: &'a RequestId,
-    pub account_id: &'a str,
+    pub account_id: &'a AccountId,
     pub requested_by: &'a str,
     pub source: Source,
     pub client_addr: Option<String>,
@@ -81,7 +87,7 @@ fn bind_request<'q, O>(
 
 /// Inserts the request and its users in one statement; `false` when a request with this id
 /// already exists (then nothing is written).
-pub async fn insert(
+pub(super) async fn insert(
     tx: &mut Transaction<'_, Postgres>,
     r: &NewRequest<'_>,
 ) -> Result<bool, sqlx::Error> {
@@ -105,7 +111,7 @@ pub async fn insert_with_outbox(
     r: &NewRequest<'_>,
     routing_key: &str,
     payload: &[u8],
-) -> Result<Option<super::outbox::OutboxMessage>, sqlx::Error> {
+) -> Result<Option<OutboxMessage>, sqlx::Error> {
     let users = user_columns(&r.request.user_ids);
     let id: Option<i64> = bind_request(
         sqlx::query_scalar(concat!(
@@ -123,7 +129,7 @@ pub async fn insert_with_outbox(
     .bind(payload)
     .fetch_optional(pool)
     .await?;
-    Ok(id.map(|id| super::outbox::OutboxMessage {
+    Ok(id.map(|id| OutboxMessage {
         id,
         routing_key: routing_key.into(),
         message_id: r.request_id.to_string(),
@@ -132,7 +138,7 @@ pub async fn insert_with_outbox(
 }
 
 /// The `user_ref` and `kind` columns of a request's users, in order.
-type UserColumns = (Vec<String>, Vec<&'static str>);
+type UserColumns = (Vec<UserRef>, Vec<&'static str>);
 
 fn user_columns(users: &[UserEntry]) -> UserColumns {
     let refs = users.iter().map(UserEntry::user_ref).collect();
@@ -162,335 +168,208 @@ pub async fn find_by_idempotency_key(
     .await
 }
 
-/// What the planner needs of a request, read under its row lock.
-#[derive(sqlx::FromRow, Debug)]
-pub struct PlanRow {
-    pub account_id: String,
-    pub planned: bool,
-    pub status: String,
-    pub remove_data_from_all_bots: bool,
-    pub bot_ids: Vec<String>,
-}
-
-pub async fn lock_for_planning(
+/// Writes every entry's outcome (and what it resolved to) in one statement.
+pub(super) async fn set_outcomes(
     tx: &mut Transaction<'_, Postgres>,
     id: &RequestId,
-) -> Result<Option<PlanRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT account_id, planned, status, remove_data_from_all_bots, bot_ids
-           FROM erasure.requests WHERE request_id = $1 FOR UPDATE",
+    outcomes: &[(i32, UserOutcome, &[PlatformUserId])],
+) -> Result<(), sqlx::Error> {
+    let rows: Vec<serde_json::Value> = outcomes
+        .iter()
+        .map(|(position, outcome, ids)| {
+            serde_json::json!({"position": position, "status": outcome.status(),
+                               "reason": outcome.reason(), "ids": ids})
+        })
+        .collect();
+    sqlx::query(
+        "UPDATE erasure.request_users u
+            SET status = o.status, reason = o.reason,
+                resolved_user_ids = ARRAY(SELECT jsonb_array_elements_text(o.ids))
+           FROM jsonb_to_recordset($2) AS o(position integer, status text, reason text, ids jsonb)
+          WHERE u.request_id = $1 AND u.position = o.position",
     )
     .bind(id)
-    .fetch_optional(&mut **tx)
-    .await
+    .bind(serde_json::Value::Array(rows))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
-/// One `userIds` entry with the platform users it resolves to.
-#[derive(sqlx::FromRow, Debug)]
-pub struct ResolvedEntry {
-    pub position: i32,
-    pub user_ids: Vec<String>,
-}
-
-/// Maps every entry of the request to platform user ids: a string matches a user id, an
-/// email (case-insensitively), an enterprise id or a channel user id on any channel; a channel
-/// pair matches that channel's identity.
-pub async fn resolve_users(
-    tx: &mut Transaction<'_, Postgres>,
-    id: &RequestId,
-) -> Result<Vec<ResolvedEntry>, sqlx::Error> {
-    sqlx::query_as(
-        "WITH e AS (
-            SELECT position, kind, user_ref,
-                   CASE WHEN kind = 'channel' THEN (user_ref::jsonb) ->> 'channelId' END AS channel_id,
-                   CASE WHEN kind = 'channel' THEN (user_ref::jsonb) ->> 'channelUserId' END AS channel_user_id
-              FROM erasure.request_users WHERE request_id = $1)
-         SELECT e.position,
-                COALESCE(array_agg(DISTINCT m.user_id ORDER BY m.user_id)
-                         FILTER (WHERE m.user_id IS NOT NULL), '{}') AS user_ids
-           FROM e
-           LEFT JOIN LATERAL (
-                SELECT u.id AS user_id FROM platform.users u WHERE e.kind = 'id' AND u.id = e.user_ref
-                UNION SELECT u.id FROM platform.users u WHERE e.kind = 'id' AND lower(u.email) = lower(e.user_ref)
-                UNION SELECT u.id FROM platform.users u WHERE e.kind = 'id' AND u.enterprise_id = e.user_ref
-                UNION SELECT c.user_id FROM platform.channel_identities c
-                       WHERE e.kind = 'id' AND c.channel_user_id = e.user_ref
-                UNION SELECT c.user_id FROM platform.channel_identities c
-                       WHERE e.kind = 'channel' AND c.channel_id = e.channel_id
-                         AND c.channel_user_id = e.channel_user_id
-           ) m ON true
-          GROUP BY e.position
-          ORDER BY e.position",
-    )
-    .bind(id)
-    .fetch_all(&mut **tx)
-    .await
-}
-
-/// Why each protected user must not be erased, the strongest reason first.
-pub async fn protected_users<'e, E: sqlx::PgExecutor<'e>>(
-    exec: E,
-    user_ids: &[String],
-) -> Result<Vec<(String, String)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT DISTINCT ON (user_id) user_id, reason FROM (
-             SELECT user_id, CASE role WHEN 'owner' THEN 'account_owner' ELSE 'account_member' END AS reason,
-                    CASE role WHEN 'owner' THEN 1 ELSE 2 END AS rank
-               FROM platform.account_members WHERE user_id = ANY($1)
-             UNION ALL
-             SELECT user_id, CASE role WHEN 'owner' THEN 'bot_owner' ELSE 'bot_co_developer' END,
-                    CASE role WHEN 'owner' THEN 3 ELSE 4 END
-               FROM platform.bot_collaborators WHERE user_id = ANY($1)
-         ) p ORDER BY user_id, rank",
-    )
-    .bind(user_ids)
-    .fetch_all(exec)
-    .await
-}
-
-/// The strongest of several rejection reasons comes first: owner before member, account
-/// before bot.
-pub fn rejection_rank(reason: &str) -> u8 {
-    match reason {
-        "account_owner" => 1,
-        "account_member" => 2,
-        "bot_owner" => 3,
-        _ => 4,
-    }
-}
-
-/// Re-applies the rules of erasure to the users still to erase: an entry whose user has
-/// become protected since planning (joined an account, became a bot's owner or co-developer)
-/// is rejected with the reason, and its users leave the request's erase set. Returns the users
-/// still to erase. Tasks call it at every slice, so a user protected meanwhile loses nothing
-/// more than was already erased.
-pub async fn reject_newly_protected(
+/// The re-check arrow (`IN_PROGRESS → REJECTED`): applies the rules again to the entries still
+/// in progress, given who among the request's users is now protected, rejects those the rules
+/// reject, and returns the users still to erase. Tasks of one request take turns on its row,
+/// so they agree on one outcome.
+pub async fn reject_protected(
     pool: &PgPool,
     id: &RequestId,
-    erase_user_ids: &[String],
-) -> Result<Vec<String>, sqlx::Error> {
-    // The common case, nobody newly protected, costs one read and no transaction.
-    let protected: HashMap<String, String> = protected_users(pool, erase_user_ids)
-        .await?
-        .into_iter()
-        .collect();
-    if protected.is_empty() {
-        return Ok(erase_user_ids.to_vec());
-    }
+    protections: &Protections,
+) -> Result<Vec<PlatformUserId>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    // Tasks of the same request agree on one outcome: they take turns on the request's row.
     sqlx::query("SELECT 1 FROM erasure.requests WHERE request_id = $1 FOR UPDATE")
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    let hit: Vec<&String> = protected.keys().collect();
-    let entries: Vec<(i32, Vec<String>)> = sqlx::query_as(
+    let entries: Vec<(i32, Vec<PlatformUserId>)> = sqlx::query_as(
         "SELECT position, resolved_user_ids FROM erasure.request_users
-          WHERE request_id = $1 AND status = 'IN_PROGRESS' AND resolved_user_ids && $2",
+          WHERE request_id = $1 AND status = $2 ORDER BY position",
     )
     .bind(id)
-    .bind(&hit)
+    .bind(UserStatus::InProgress)
     .fetch_all(&mut *tx)
     .await?;
-    for (position, users) in &entries {
-        let reason = users
-            .iter()
-            .filter_map(|u| protected.get(u))
-            .min_by_key(|r| rejection_rank(r));
+    let resolved: Vec<&[PlatformUserId]> = entries.iter().map(|(_, u)| u.as_slice()).collect();
+    let decision = rules::decide(&resolved, protections);
+    let rejected: Vec<(i32, UserOutcome, &[PlatformUserId])> = entries
+        .iter()
+        .zip(decision.outcomes)
+        .filter(|(_, outcome)| matches!(outcome, UserOutcome::Rejected(_)))
+        .map(|((position, users), outcome)| (*position, outcome, users.as_slice()))
+        .collect();
+    if !rejected.is_empty() {
+        set_outcomes(&mut tx, id, &rejected).await?;
         sqlx::query(
-            "UPDATE erasure.request_users SET status = 'REJECTED', reason = $3
-              WHERE request_id = $1 AND position = $2",
+            "UPDATE erasure.requests SET erase_user_ids = $2, updated_at = now()
+              WHERE request_id = $1",
         )
         .bind(id)
-        .bind(position)
-        .bind(reason)
+        .bind(&decision.erase)
         .execute(&mut *tx)
         .await?;
-    }
-    let remaining: Vec<String> = sqlx::query_scalar(
-        "UPDATE erasure.requests r
-            SET erase_user_ids = ARRAY(SELECT DISTINCT unnest(u.resolved_user_ids)
-                                         FROM erasure.request_users u
-                                        WHERE u.request_id = r.request_id AND u.status = 'IN_PROGRESS'),
-                updated_at = now()
-          WHERE request_id = $1 RETURNING erase_user_ids",
-    )
-    .bind(id)
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    if !entries.is_empty() {
         tracing::warn!(
-            entries = entries.len(),
+            entries = rejected.len(),
             "users became protected after planning; they are rejected"
         );
     }
-    Ok(remaining)
-}
-
-/// Marks the request planned with its users to erase and its number of tasks.
-pub async fn mark_planned(
-    tx: &mut Transaction<'_, Postgres>,
-    id: &RequestId,
-    erase_user_ids: &[String],
-    tasks_total: i32,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE erasure.requests
-            SET planned = true, erase_user_ids = $2, tasks_total = $3, updated_at = now()
-          WHERE request_id = $1",
-    )
-    .bind(id)
-    .bind(erase_user_ids)
-    .bind(tasks_total)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    tx.commit().await?;
+    Ok(decision.erase)
 }
 
 /// How a request ended, when a call settled it: its final status and how long it took from
-/// creation (for the metrics, which count each request once).
+/// creation. [`Settled::record`] counts it in the metrics, once.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct Settled {
-    pub status: String,
+    pub status: RequestStatus,
     pub seconds: f64,
 }
 
-/// Counts `tasks` finished tasks; settles the request when they were the last ones. Returns the
-/// request's final status when this call settled it.
-pub async fn count_tasks_done(
-    tx: &mut Transaction<'_, Postgres>,
-    id: &RequestId,
-    tasks: u64,
-) -> Result<Option<Settled>, sqlx::Error> {
-    let (done, total): (i32, i32) = sqlx::query_as(
-        "UPDATE erasure.requests SET tasks_done = tasks_done + $2, updated_at = now()
-          WHERE request_id = $1 RETURNING tasks_done, tasks_total",
-    )
-    .bind(id)
-    .bind(tasks as i32)
-    .fetch_one(&mut **tx)
-    .await?;
-    if done >= total {
-        settle(tx, id).await.map(Some)
-    } else {
-        Ok(None)
+impl Settled {
+    /// Counts the settling in the metrics; called by the arrow that settled, after its commit.
+    pub(super) fn record(&self) {
+        crate::telemetry::record_settled(self.status, self.seconds);
     }
 }
 
-/// Settles a request whose every task is done: users still in progress succeeded; the request
-/// is `rejected` when every user was rejected, `completed` otherwise.
-pub async fn settle(
+/// The settle arrow (`in-progress → completed | rejected`) of a request whose every task is
+/// done: users still in progress succeeded; `rejected` when every user was rejected. `None`
+/// when the request was not in progress (nothing changes then).
+pub(super) async fn settle(
     tx: &mut Transaction<'_, Postgres>,
     id: &RequestId,
-) -> Result<Settled, sqlx::Error> {
-    sqlx::query(
-        "UPDATE erasure.request_users SET status = 'SUCCESS', reason = NULL
-          WHERE request_id = $1 AND status IN ('IN_PROGRESS', 'FAILED')",
-    )
-    .bind(id)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query_as(
+) -> Result<Option<Settled>, sqlx::Error> {
+    let settled: Option<Settled> = sqlx::query_as(
         "UPDATE erasure.requests r
             SET status = CASE WHEN NOT EXISTS (SELECT 1 FROM erasure.request_users u
-                                                WHERE u.request_id = r.request_id AND u.status <> 'REJECTED')
-                              THEN 'rejected' ELSE 'completed' END,
+                                                WHERE u.request_id = r.request_id AND u.status <> $2)
+                              THEN $3 ELSE $4 END,
                 failure_reason = NULL, completed_at = now(), updated_at = now()
-          WHERE request_id = $1
+          WHERE request_id = $1 AND status = $5
          RETURNING status, extract(epoch FROM completed_at - created_at)::float8 AS seconds",
     )
     .bind(id)
-    .fetch_one(&mut **tx)
-    .await
+    .bind(UserStatus::Rejected)
+    .bind(RequestStatus::Rejected)
+    .bind(RequestStatus::Completed)
+    .bind(RequestStatus::InProgress)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if settled.is_some() {
+        sqlx::query(
+            "UPDATE erasure.request_users SET status = $2, reason = NULL
+              WHERE request_id = $1 AND status = ANY($3)",
+        )
+        .bind(id)
+        .bind(UserStatus::Success)
+        .bind([UserStatus::InProgress, UserStatus::Failed])
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(settled)
 }
 
-/// Marks the request failed with a non-PII reason; users still in progress fail with it.
-/// Returns how it ended when this call moved the request from `in-progress` to `failed` (a
-/// request already failed only takes the newer reason), so that it is counted once.
-pub async fn mark_failed(
+/// The fail arrow (`in-progress → failed`, or a failed request taking a newer reason) with a
+/// non-PII reason; users still in progress fail with it. Returns how it ended when this call
+/// moved the request out of `in-progress`, so that it is counted once.
+pub(super) async fn fail(
     tx: &mut Transaction<'_, Postgres>,
     id: &RequestId,
     reason: &str,
 ) -> Result<Option<Settled>, sqlx::Error> {
-    let was: Option<(String, f64)> = sqlx::query_as(
+    let was: Option<(RequestStatus, f64)> = sqlx::query_as(
         "WITH prev AS (SELECT status FROM erasure.requests WHERE request_id = $1 FOR UPDATE)
          UPDATE erasure.requests r
-            SET status = 'failed', failure_reason = $2, updated_at = now(),
-                completed_at = CASE WHEN prev.status = 'failed' THEN r.completed_at ELSE now() END
+            SET status = $3, failure_reason = $2, updated_at = now(),
+                completed_at = CASE WHEN prev.status = $3 THEN r.completed_at ELSE now() END
            FROM prev
-          WHERE r.request_id = $1 AND prev.status IN ('in-progress', 'failed')
+          WHERE r.request_id = $1 AND prev.status = ANY($4)
          RETURNING prev.status, extract(epoch FROM r.completed_at - r.created_at)::float8",
     )
     .bind(id)
     .bind(reason)
+    .bind(RequestStatus::Failed)
+    .bind([RequestStatus::InProgress, RequestStatus::Failed])
     .fetch_optional(&mut **tx)
     .await?;
     sqlx::query(
-        "UPDATE erasure.request_users SET status = 'FAILED', reason = $2
-          WHERE request_id = $1 AND status IN ('IN_PROGRESS', 'FAILED')",
+        "UPDATE erasure.request_users SET status = $3, reason = $2
+          WHERE request_id = $1 AND status = ANY($4)",
     )
     .bind(id)
     .bind(reason)
+    .bind(UserStatus::Failed)
+    .bind([UserStatus::InProgress, UserStatus::Failed])
     .execute(&mut **tx)
     .await?;
     Ok(was
-        .filter(|(prev, _)| prev == "in-progress")
+        .filter(|(prev, _)| *prev == RequestStatus::InProgress)
         .map(|(_, seconds)| Settled {
-            status: "failed".into(),
+            status: RequestStatus::Failed,
             seconds,
         }))
 }
 
-/// Whether a refused erase message may fail the request it names: only a request of the
-/// same account (when the message names one) that was not planned yet. A malformed duplicate
-/// must not fail a request already under way, nor one of another account.
-pub async fn refusable_by_message(
-    tx: &mut Transaction<'_, Postgres>,
-    id: &RequestId,
-    account_id: Option<&str>,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT NOT planned AND ($2::text IS NULL OR account_id = $2)
-           FROM erasure.requests WHERE request_id = $1",
-    )
-    .bind(id)
-    .bind(account_id)
-    .fetch_optional(&mut **tx)
-    .await
-    .map(|v| v.unwrap_or(false))
-}
-
-/// Puts a failed request back in progress for a redrive: it resumes where it stopped.
-pub async fn reopen(tx: &mut Transaction<'_, Postgres>, id: &RequestId) -> Result<(), sqlx::Error> {
+/// The reopen arrow (`failed → in-progress`, users `FAILED → IN_PROGRESS`, tasks
+/// `failed → pending`) for a redrive, which also marks the request's dead letters redriven:
+/// the request resumes where it stopped.
+pub async fn reopen(pool: &PgPool, id: &RequestId) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
     sqlx::query(
-        "UPDATE erasure.requests SET status = 'in-progress', failure_reason = NULL, completed_at = NULL, updated_at = now()
-          WHERE request_id = $1 AND status = 'failed'",
+        "UPDATE erasure.requests
+            SET status = $2, failure_reason = NULL, completed_at = NULL, updated_at = now()
+          WHERE request_id = $1 AND status = $3",
     )
     .bind(id)
-    .execute(&mut **tx)
+    .bind(RequestStatus::InProgress)
+    .bind(RequestStatus::Failed)
+    .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "UPDATE erasure.request_users SET status = 'IN_PROGRESS', reason = NULL
-          WHERE request_id = $1 AND status = 'FAILED'",
+        "UPDATE erasure.request_users SET status = $2, reason = NULL
+          WHERE request_id = $1 AND status = $3",
     )
     .bind(id)
-    .execute(&mut **tx)
+    .bind(UserStatus::InProgress)
+    .bind(UserStatus::Failed)
+    .execute(&mut *tx)
     .await?;
-    sqlx::query(
-        "UPDATE erasure.tasks SET status = 'pending', failure_reason = NULL, updated_at = now()
-          WHERE request_id = $1 AND status = 'failed'",
-    )
-    .bind(id)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    super::tasks::reopen(&mut tx, id).await?;
+    super::dead_letters::mark_redriven(&mut tx, id).await?;
+    tx.commit().await
 }
 
 #[derive(sqlx::FromRow)]
 struct StatusRow {
-    request_id: String,
-    status: String,
+    request_id: RequestId,
+    status: RequestStatus,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     completed_at: Option<DateTime<Utc>>,
@@ -505,9 +384,9 @@ struct StatusRow {
 
 #[derive(sqlx::FromRow)]
 struct UserRow {
-    user_ref: String,
+    user_ref: UserRef,
     kind: String,
-    status: String,
+    status: UserStatus,
     reason: Option<String>,
 }
 
@@ -516,7 +395,7 @@ struct UserRow {
 pub async fn status_document(
     pool: &PgPool,
     id: &RequestId,
-    account_id: Option<&str>,
+    account_id: Option<&AccountId>,
 ) -> Result<Option<StatusDocument>, sqlx::Error> {
     let row: Option<StatusRow> = sqlx::query_as(
         "SELECT r.request_id, r.status, r.created_at, r.updated_at, r.completed_at,
@@ -542,12 +421,8 @@ pub async fn status_document(
     .await?;
     let response = users
         .into_iter()
-        .map(|u| UserOutcome {
-            user_id: if u.kind == "channel" {
-                serde_json::from_str(&u.user_ref).unwrap_or(serde_json::Value::String(u.user_ref))
-            } else {
-                serde_json::Value::String(u.user_ref)
-            },
+        .map(|u| UserResponse {
+            user_id: UserEntry::shown(&u.user_ref, u.kind == "channel"),
             status: u.status,
             reason: u.reason,
         })
@@ -577,9 +452,9 @@ pub async fn status_document(
 /// A line of `erasure requests list`.
 #[derive(sqlx::FromRow, Debug, serde::Serialize)]
 pub struct Summary {
-    pub request_id: String,
-    pub account_id: String,
-    pub status: String,
+    pub request_id: RequestId,
+    pub account_id: AccountId,
+    pub status: RequestStatus,
     pub created_at: DateTime<Utc>,
     pub tasks_total: i32,
     pub tasks_done: i32,
@@ -589,7 +464,7 @@ pub struct Summary {
 
 pub async fn list(
     pool: &PgPool,
-    status: Option<&str>,
+    status: Option<RequestStatus>,
     limit: i64,
 ) -> Result<Vec<Summary>, sqlx::Error> {
     sqlx::query_as(

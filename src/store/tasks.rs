@@ -1,13 +1,22 @@
-//! Per-(request, bot) tasks: the unit of work that replicas share.
+//! Per-(request, bot) tasks, the unit of work that replicas share, and the rows each deleted
+//! per store: the task arrows of the diagram (`crate::domain`), one function each.
 
 use sqlx::{PgPool, Postgres, Transaction};
 
-use crate::contract::RequestId;
+use super::{
+    outbox::{self, OutboxMessage},
+    requests::{self, Settled},
+};
+use crate::{
+    contract::TASK_ROUTING_KEY,
+    domain::{BotId, PlatformUserId, RequestId, TaskStatus},
+};
 
-pub async fn insert(
+/// Creates one pending task per bot (part of the plan arrow).
+pub(super) async fn insert(
     tx: &mut Transaction<'_, Postgres>,
     id: &RequestId,
-    bot_ids: &[String],
+    bot_ids: &[BotId],
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO erasure.tasks (request_id, bot_id)
@@ -25,14 +34,14 @@ pub async fn insert(
 /// state.
 #[derive(Debug)]
 pub struct TaskGroup {
-    pub erase_user_ids: Vec<String>,
+    pub erase_user_ids: Vec<PlatformUserId>,
     pub tasks: Vec<TaskState>,
 }
 
 #[derive(sqlx::FromRow, Debug)]
 pub struct TaskState {
-    pub bot_id: String,
-    pub status: String,
+    pub bot_id: BotId,
+    pub status: TaskStatus,
     pub slice: i32,
 }
 
@@ -42,10 +51,10 @@ pub struct TaskState {
 pub async fn load(
     pool: &PgPool,
     id: &RequestId,
-    bots: &[String],
+    bots: &[BotId],
 ) -> Result<Option<TaskGroup>, sqlx::Error> {
     let mut tx = super::begin_relaxed(pool).await?;
-    let users: Option<Vec<String>> =
+    let users: Option<Vec<PlatformUserId>> =
         sqlx::query_scalar("SELECT erase_user_ids FROM erasure.requests WHERE request_id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -69,79 +78,150 @@ pub async fn load(
     })
 }
 
-/// Marks the tasks of `bots` done where they are not yet; returns how many this call marked,
-/// so that each is counted exactly once.
-pub async fn mark_done(
+/// Adds rows deleted per bot (`bots`, `rows` in the same order) from `store` to the request's
+/// tasks, in the transaction that deleted them, so the counts are exact; returns their sum.
+pub async fn count_rows(
     tx: &mut Transaction<'_, Postgres>,
-    id: &RequestId,
-    bots: &[String],
+    request: &RequestId,
+    store: &str,
+    bots: &[BotId],
+    rows: &[i64],
 ) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
-        "UPDATE erasure.tasks SET status = 'done', failure_reason = NULL, completed_at = now(), updated_at = now()
-          WHERE request_id = $1 AND bot_id = ANY($2) AND status <> 'done'",
+    if !bots.is_empty() {
+        sqlx::query(
+            "INSERT INTO erasure.task_rows AS t (request_id, bot_id, store, rows)
+             SELECT $1, c.bot_id, $2, c.rows FROM unnest($3::text[], $4::bigint[]) AS c(bot_id, rows)
+             ON CONFLICT (request_id, bot_id, store) DO UPDATE SET rows = t.rows + excluded.rows",
+        )
+        .bind(request)
+        .bind(store)
+        .bind(bots)
+        .bind(rows)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(rows.iter().sum::<i64>().max(0) as u64)
+}
+
+/// What the complete arrow did.
+#[derive(Debug, PartialEq)]
+pub struct Completed {
+    /// Tasks this call moved to `done` (a duplicate delivery moves none).
+    pub tasks: u64,
+    /// How the request ended, when these were its last tasks.
+    pub settled: Option<Settled>,
+}
+
+/// The complete arrow (`pending → done`) for the tasks of `bots` that are not done yet, counted
+/// on the request in the same transaction, so that each is counted once; the request settles
+/// with its last task.
+pub async fn complete(
+    pool: &PgPool,
+    id: &RequestId,
+    bots: &[BotId],
+) -> Result<Completed, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let done = sqlx::query(
+        "UPDATE erasure.tasks SET status = $3, failure_reason = NULL, completed_at = now(), updated_at = now()
+          WHERE request_id = $1 AND bot_id = ANY($2) AND status <> $3",
     )
     .bind(id)
     .bind(bots)
-    .execute(&mut **tx)
+    .bind(TaskStatus::Done)
+    .execute(&mut *tx)
     .await?
-    .rows_affected())
+    .rows_affected();
+    let mut settled = None;
+    if done > 0 {
+        let (all_done,): (bool,) = sqlx::query_as(
+            "UPDATE erasure.requests SET tasks_done = tasks_done + $2, updated_at = now()
+              WHERE request_id = $1 RETURNING tasks_done >= tasks_total",
+        )
+        .bind(id)
+        .bind(done as i32)
+        .fetch_one(&mut *tx)
+        .await?;
+        if all_done {
+            settled = requests::settle(&mut tx, id).await?;
+        }
+    }
+    tx.commit().await?;
+    if let Some(s) = &settled {
+        s.record();
+    }
+    Ok(Completed {
+        tasks: done,
+        settled,
+    })
 }
 
-/// Advances to their next slice the tasks of `bots` whose current slice is still `slice`, and
-/// returns their bots: the ones this delivery hands over to a continuation. A stale or
-/// duplicated delivery gets none, and must not publish a continuation of its own.
-pub async fn advance_slice(
-    tx: &mut Transaction<'_, Postgres>,
+/// The advance arrow: moves to their next slice the tasks of `bots` whose current slice is
+/// still `slice`, and commits the messages that continue them, built by `continuations` from
+/// the bots that advanced (id, payload). A stale or duplicated delivery advances none and
+/// queues nothing. Returns the queued messages, to publish.
+pub async fn advance(
+    pool: &PgPool,
     id: &RequestId,
-    bots: &[String],
+    bots: &[BotId],
     slice: i32,
-) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
+    continuations: impl Fn(&[BotId]) -> Vec<(String, Vec<u8>)>,
+) -> Result<Vec<OutboxMessage>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let advanced: Vec<BotId> = sqlx::query_scalar(
         "UPDATE erasure.tasks SET slice = slice + 1, updated_at = now()
-          WHERE request_id = $1 AND bot_id = ANY($2) AND slice = $3 AND status <> 'done'
+          WHERE request_id = $1 AND bot_id = ANY($2) AND slice = $3 AND status <> $4
           RETURNING bot_id",
     )
     .bind(id)
     .bind(bots)
     .bind(slice)
-    .fetch_all(&mut **tx)
-    .await
+    .bind(TaskStatus::Done)
+    .fetch_all(&mut *tx)
+    .await?;
+    let next = continuations(&advanced);
+    let queued = if next.is_empty() {
+        Vec::new()
+    } else {
+        outbox::insert_many(&mut tx, TASK_ROUTING_KEY, &next).await?
+    };
+    tx.commit().await?;
+    Ok(queued)
 }
 
-pub async fn mark_failed(
+/// The fail arrow of tasks (`pending → failed`), part of dead-lettering their message.
+pub(super) async fn fail(
     tx: &mut Transaction<'_, Postgres>,
     id: &RequestId,
-    bots: &[String],
+    bots: &[BotId],
     reason: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE erasure.tasks SET status = 'failed', failure_reason = $3, updated_at = now()
-          WHERE request_id = $1 AND bot_id = ANY($2) AND status <> 'done'",
+        "UPDATE erasure.tasks SET status = $4, failure_reason = $3, updated_at = now()
+          WHERE request_id = $1 AND bot_id = ANY($2) AND status <> $5",
     )
     .bind(id)
     .bind(bots)
     .bind(reason)
+    .bind(TaskStatus::Failed)
+    .bind(TaskStatus::Done)
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
-/// Rows deleted per store and bot, for the audit trail.
-#[derive(sqlx::FromRow, Debug, serde::Serialize)]
-pub struct TaskAudit {
-    pub bot_id: String,
-    pub status: String,
-    pub rows_conversations: i64,
-    pub rows_sessions: i64,
-    pub rows_analytics: i64,
-}
-
-pub async fn audit(pool: &PgPool, id: &RequestId) -> Result<Vec<TaskAudit>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT bot_id, status, rows_conversations, rows_sessions, rows_analytics
-           FROM erasure.task_totals WHERE request_id = $1 ORDER BY bot_id",
+/// The reopen arrow of tasks (`failed → pending`), part of a redrive.
+pub(super) async fn reopen(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &RequestId,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE erasure.tasks SET status = $2, failure_reason = NULL, updated_at = now()
+          WHERE request_id = $1 AND status = $3",
     )
     .bind(id)
-    .fetch_all(pool)
-    .await
+    .bind(TaskStatus::Pending)
+    .bind(TaskStatus::Failed)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

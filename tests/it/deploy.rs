@@ -138,11 +138,15 @@ fn role(args: &[String]) -> Role {
 }
 
 fn http_port(vars: &BTreeMap<String, String>) -> u16 {
-    Config::from_map(vars).unwrap().http_addr.port()
+    Config::from_map(vars).unwrap().http.addr.port()
 }
 
 fn shutdown_grace(vars: &BTreeMap<String, String>) -> u64 {
-    Config::from_map(vars).unwrap().shutdown_grace.as_secs()
+    Config::from_map(vars)
+        .unwrap()
+        .worker
+        .shutdown_grace
+        .as_secs()
 }
 
 #[test]
@@ -217,7 +221,7 @@ fn k8s_settings_are_real_settings_split_between_configmap_and_secret() {
     let vars = k8s_settings(&objects);
     let parsed = Config::from_map(&vars).unwrap_or_else(|e| panic!("deploy/k8s settings: {e}"));
     assert!(
-        parsed.http_addr.ip().is_unspecified(),
+        parsed.http.addr.ip().is_unspecified(),
         "containers listen on every interface"
     );
 }
@@ -331,7 +335,7 @@ fn services_and_disruption_budgets_select_real_pods() {
 fn keda_scales_the_workers_on_the_task_queue() {
     let objects = objects();
     let config = Config::from_map(&k8s_settings(&objects)).unwrap();
-    let topology = Topology::new(&config.queue_prefix, config.max_deliveries);
+    let topology = Topology::new(&config.queue.prefix, config.queue.max_deliveries);
     let scaled = of_kind(&objects, "ScaledObject");
     assert_eq!(scaled.len(), 1);
     let s = scaled[0];
@@ -419,15 +423,15 @@ fn compose_runs_migration_intake_and_two_workers_with_real_settings() {
             );
         }
         let config = Config::from_map(&vars).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(config.secret_key.configured && config.pii_hmac_key.configured);
+        assert!(config.keys.secret_key.configured && config.keys.pii_hmac_key.configured);
         assert!(
-            compose["services"][host_of(&config.database_url)]["image"]
+            compose["services"][host_of(&config.database.url)]["image"]
                 .as_str()
                 .unwrap()
                 .starts_with("postgres")
         );
         assert!(
-            compose["services"][host_of(&config.amqp_url)]["image"]
+            compose["services"][host_of(config.queue.amqp_url.primary())]["image"]
                 .as_str()
                 .unwrap()
                 .starts_with("rabbitmq")
@@ -441,7 +445,7 @@ fn compose_runs_migration_intake_and_two_workers_with_real_settings() {
             Command::Serve { role } => {
                 roles.insert(name.clone(), Some(role));
                 assert!(
-                    config.http_addr.ip().is_unspecified(),
+                    config.http.addr.ip().is_unspecified(),
                     "{name} listens on every interface"
                 );
                 let migrate = roles_migrate_name(&services);
@@ -452,7 +456,7 @@ fn compose_runs_migration_intake_and_two_workers_with_real_settings() {
                 for dep in ["postgres", "rabbitmq"] {
                     assert_eq!(s["depends_on"][dep]["condition"], "service_healthy");
                 }
-                let grace = config.shutdown_grace.as_secs();
+                let grace = config.worker.shutdown_grace.as_secs();
                 let stop = seconds(s["stop_grace_period"].as_str().unwrap());
                 assert!(
                     stop >= grace + SHUTDOWN_MARGIN_SECONDS,
@@ -460,7 +464,7 @@ fn compose_runs_migration_intake_and_two_workers_with_real_settings() {
                 );
                 let check = strings(&s["healthcheck"]["test"]).join(" ");
                 assert!(
-                    check.contains(&format!("/{}", config.http_addr.port()))
+                    check.contains(&format!("/{}", config.http.addr.port()))
                         && (check.contains("/readyz") || check.contains("/healthz")),
                     "{name}: the healthcheck probes the service: {check}"
                 );

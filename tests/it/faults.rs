@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use erasure::{
     contract::{ERASE_ROUTING_KEY, TASK_ROUTING_KEY},
-    queue::{consumer::Outcome, header_str, publisher::Publisher, redrive},
+    queue::{consumer::Outcome, delivery_number, header_str, publisher::Publisher, redrive},
     startup::Role,
-    worker::Ctx,
+    worker::{Ctx, job::Runner, task::TaskJob},
 };
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use serde_json::json;
@@ -644,18 +644,13 @@ async fn a_message_put_back_after_a_transient_failure_does_not_count_a_delivery(
             .unwrap();
     }
     let m = get_one(&ch, &queue).await;
-    assert_eq!(Ctx::delivery_number(&m.delivery.properties), 3);
+    assert_eq!(delivery_number(&m.delivery.properties), 3);
 
-    // What a handler does when the database stays away past the retry budget.
-    let publisher = Publisher::new(AMQP_URL, "test-retry", env.topology());
-    let ctx = Ctx::new(
-        env.pool.clone(),
-        env.config(),
-        std::sync::Arc::new(publisher),
-    );
-    let outcome = ctx
-        .retry_later(TASK_ROUTING_KEY, "eud-transient/st-1/0", payload)
-        .await;
+    // What the runner does when the database stays away past the retry budget.
+    let publisher = std::sync::Arc::new(Publisher::new(AMQP_URL, "test-retry", env.topology()));
+    let ctx = std::sync::Arc::new(Ctx::new(env.pool.clone(), env.config()));
+    let runner = Runner::new(TaskJob, ctx, publisher.clone());
+    let outcome = runner.hand_back("eud-transient/st-1/0", payload).await;
     assert_eq!(outcome, Outcome::Ack);
     m.delivery
         .acker
@@ -666,7 +661,7 @@ async fn a_message_put_back_after_a_transient_failure_does_not_count_a_delivery(
     let again = get_one(&ch, &queue).await;
     assert_eq!(again.delivery.data, payload);
     assert_eq!(
-        Ctx::delivery_number(&again.delivery.properties),
+        delivery_number(&again.delivery.properties),
         1,
         "the wait did not count towards x-delivery-limit"
     );
@@ -676,6 +671,6 @@ async fn a_message_put_back_after_a_transient_failure_does_not_count_a_delivery(
         .ack(BasicAckOptions::default())
         .await
         .unwrap();
-    ctx.publisher.close().await;
+    publisher.close().await;
     let _ = conn.close(200, "bye".into()).await;
 }

@@ -87,7 +87,7 @@ impl TestEnv {
 
     pub fn topology(&self) -> Topology {
         let c = self.config();
-        Topology::new(&c.queue_prefix, c.max_deliveries)
+        Topology::new(&c.queue.prefix, c.queue.max_deliveries)
     }
 
     /// Starts the service in this process.
@@ -199,12 +199,12 @@ impl TestEnv {
     pub async fn app(&self, account: &str, scopes: &[&str]) -> (String, String, String) {
         let client_id = format!("cs-{}", uuid::Uuid::new_v4());
         let secret = secrets::new_client_secret();
-        let sealed = secrets::seal(&self.config().secret_key.bytes, secret.as_bytes());
+        let sealed = secrets::seal(&self.config().keys.secret_key.bytes, secret.as_bytes());
         let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
         apps::insert(
             &self.pool,
             &client_id,
-            account,
+            &account.into(),
             &scopes,
             "HS256",
             Some(&sealed),

@@ -9,6 +9,7 @@ mod deploy;
 mod erase_flow;
 mod faults;
 mod intake;
+mod jobs;
 mod migrations;
 mod openapi;
 mod ops;

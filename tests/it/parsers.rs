@@ -104,7 +104,11 @@ fn valid_request() -> impl Strategy<Value = EraseRequest> {
     )
         .prop_map(|(user_ids, bot_ids, all)| EraseRequest {
             user_ids,
-            bot_ids: if all { Vec::new() } else { bot_ids },
+            bot_ids: if all {
+                Vec::new()
+            } else {
+                bot_ids.into_iter().map(Into::into).collect()
+            },
             remove_data_from_all_bots: all,
         })
 }
@@ -145,7 +149,7 @@ fn assert_valid(r: &EraseRequest) {
             } => assert!(ok(channel_id) && ok(channel_user_id)),
         }
     }
-    assert!(r.bot_ids.iter().all(|b| ok(b)));
+    assert!(r.bot_ids.iter().all(|b| ok(b.as_str())));
 }
 
 fn assert_specific(errors: &[erasure::contract::FieldError]) {
@@ -174,7 +178,7 @@ fn message_strategy() -> impl Strategy<Value = EraseMessage> {
         .prop_map(
             |(request, rid, account_id, requested_by, at)| EraseMessage {
                 request_id: RequestId::parse(&format!("eud-{rid}")).unwrap(),
-                account_id,
+                account_id: account_id.into(),
                 request,
                 requested_by,
                 requested_at: at.map(|s| chrono::DateTime::from_timestamp(s, 0).unwrap()),

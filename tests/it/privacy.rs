@@ -373,8 +373,8 @@ async fn identifiers_become_hmacs_everywhere_after_the_retention_window() {
         ),
     ])
     .await;
-    let key = env.config().pii_hmac_key.bytes;
-    assert!(env.config().pii_hmac_key.configured);
+    let key = env.config().keys.pii_hmac_key.bytes;
+    assert!(env.config().keys.pii_hmac_key.configured);
     let p = people(&env).await;
     let (_, _, token) = env.app("acct-priv", &[auth::SCOPE]).await;
     let svc = env.start(Role::All).await;
@@ -449,7 +449,7 @@ async fn identifiers_become_hmacs_everywhere_after_the_retention_window() {
                     channel_user_id: o["channelUserId"].as_str().unwrap().into(),
                 },
             };
-            secrets::pii_ref(&key, &entry.user_ref())
+            secrets::pii_ref(&key, entry.user_ref().as_str())
         })
         .collect();
     let doc = api.status_doc(&token, &id).await;

@@ -78,7 +78,7 @@ async fn rs256_app(env: &TestEnv, account: &str) -> String {
     apps::insert(
         &env.pool,
         &client_id,
-        account,
+        &account.into(),
         &[auth::SCOPE.to_string()],
         "RS256",
         None,

@@ -120,7 +120,7 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<()> {
     {
         bail!("--database must be letters, digits and '_'");
     }
-    let mut url = reqwest::Url::parse(&config.database_url).context("DATABASE_URL")?;
+    let mut url = reqwest::Url::parse(&config.database.url).context("DATABASE_URL")?;
     url.set_path(&format!("/{}", args.database));
     let id = uuid::Uuid::new_v4().simple().to_string();
     let opts = Options {
@@ -282,8 +282,10 @@ fn bar(len: u64, unit: &str) -> ProgressBar {
 }
 
 async fn cleanup(opts: &Options) {
-    let topology = Topology::new(&opts.queue_prefix, opts.config.max_deliveries);
-    if let Ok(conn) = erasure::queue::connect(&opts.config.amqp_url, "bench-cleanup").await {
+    let topology = Topology::new(&opts.queue_prefix, opts.config.queue.max_deliveries);
+    if let Ok(conn) =
+        erasure::queue::connect(opts.config.queue.amqp_url.primary(), "bench-cleanup").await
+    {
         if let Ok(ch) = conn.create_channel().await {
             for (q, _) in topology.queues() {
                 let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;

@@ -43,7 +43,7 @@ impl Service {
         let mut cmd = tokio::process::Command::new(&opts.exe);
         cmd.args(["serve", "--role", role])
             .env("DATABASE_URL", &opts.database_url)
-            .env("AMQP_URL", &opts.config.amqp_url)
+            .env("AMQP_URL", opts.config.queue.amqp_url.primary())
             .env("ERASURE_QUEUE_PREFIX", &opts.queue_prefix)
             .env("ERASURE_HTTP_ADDR", addr.to_string())
             .env("ERASURE_RATE_LIMIT_PER_APP", "0")
@@ -63,10 +63,10 @@ impl Service {
             .stdout(Stdio::null())
             .stderr(Stdio::from(file))
             .kill_on_drop(true);
-        if opts.config.secret_key.configured {
+        if opts.config.keys.secret_key.configured {
             cmd.env(
                 "ERASURE_SECRET_KEY",
-                hex::encode(&opts.config.secret_key.bytes),
+                hex::encode(&opts.config.keys.secret_key.bytes),
             );
         } else {
             cmd.env_remove("ERASURE_SECRET_KEY");

@@ -10,7 +10,12 @@ pub mod small;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use erasure::{intake::auth, secrets, store::apps};
+use erasure::{
+    domain::{AccountId, RequestStatus},
+    intake::auth,
+    secrets,
+    store::apps,
+};
 use serde_json::json;
 
 // The scenarios' shared vocabulary, reached from each as `super::…`.
@@ -27,11 +32,11 @@ use super::{
 async fn app_token(bench: &Bench<'_>, account: &str) -> anyhow::Result<String> {
     let client_id = format!("cs-bench-{}", uuid::Uuid::new_v4());
     let secret = secrets::new_client_secret();
-    let sealed = secrets::seal(&bench.opts.config.secret_key.bytes, secret.as_bytes());
+    let sealed = secrets::seal(&bench.opts.config.keys.secret_key.bytes, secret.as_bytes());
     apps::insert(
         &bench.pool,
         &client_id,
-        account,
+        &AccountId::from(account),
         &[auth::SCOPE.to_string()],
         "HS256",
         Some(&sealed),
@@ -98,15 +103,15 @@ async fn erase_and_wait(
     let started = Instant::now();
     let id = bench.intake.erase(token, &body).send().await?.request_id;
     let (status, rows) = loop {
-        let (status, rows): (String, i64) = sqlx::query_as(
+        let (status, rows): (RequestStatus, i64) = sqlx::query_as(
             "SELECT status, rows_deleted FROM erasure.request_status WHERE request_id = $1",
         )
         .bind(&id)
         .fetch_optional(pool)
         .await?
-        .unwrap_or(("in-progress".into(), 0));
+        .unwrap_or((RequestStatus::InProgress, 0));
         bar.set_position(rows.max(0) as u64);
-        if status != "in-progress" {
+        if status.is_settled() {
             break (status, rows);
         }
         // Often enough not to add more than a few milliseconds to a run of a few hundred
@@ -115,7 +120,7 @@ async fn erase_and_wait(
     };
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    if status != "completed" {
+    if status != RequestStatus::Completed {
         bail!("request {id} ended {status}");
     }
     let window: f64 = sqlx::query_scalar(

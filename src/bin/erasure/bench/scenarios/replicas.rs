@@ -1,6 +1,8 @@
 //! replicas: one bulk request per entry of `--replicas`, each for another set of bulk users,
 //! worked by that many worker processes; and whether any of them failed or retried.
 
+use erasure::domain::TaskStatus;
+
 use super::{BULK_ACCOUNT, Bench, Figures, Scenario, Workers, app_token, erase_and_wait};
 use super::{floor, metric_sum, step, warm_up};
 
@@ -19,7 +21,7 @@ pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()>
         for w in &workers.0 {
             let m = w.metrics().await?;
             retries += metric_sum(&m, "erasure_db_retries_total", "")
-                + metric_sum(&m, "erasure_tasks_retried_total", "");
+                + metric_sum(&m, "erasure_handed_back_total", "");
         }
         workers.stop().await;
         figures.set(format!("replicas_{n}_rows"), run.rows as f64);
@@ -29,9 +31,10 @@ pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()>
         }
     }
     let failed: i64 = sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM erasure.tasks WHERE status = 'failed')
+        "SELECT (SELECT count(*) FROM erasure.tasks WHERE status = $1)
               + (SELECT count(*) FROM erasure.dead_letters)",
     )
+    .bind(TaskStatus::Failed)
     .fetch_one(&bench.pool)
     .await?;
     figures.set("replicas_failed_tasks", failed as f64);

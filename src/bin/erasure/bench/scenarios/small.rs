@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use erasure::domain::RequestStatus;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
@@ -71,7 +72,7 @@ async fn submit(
             let r = intake.erase(&token, &body).send().await;
             drop(permit);
             bar.inc(1);
-            r.map(|a| (a.request_id, Instant::now()))
+            r.map(|a| (a.request_id.as_str().to_owned(), Instant::now()))
         }));
     }
     let mut ids = Vec::with_capacity(calls.len());
@@ -111,9 +112,10 @@ async fn settle(bench: &Bench<'_>, ids: &[String]) -> anyhow::Result<Settled> {
     let bar = bar(ids.len() as u64, "completed");
     loop {
         let open: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM erasure.requests WHERE request_id = ANY($1) AND status = 'in-progress'",
+            "SELECT count(*) FROM erasure.requests WHERE request_id = ANY($1) AND status = $2",
         )
         .bind(ids)
+        .bind(RequestStatus::InProgress)
         .fetch_one(&bench.pool)
         .await?;
         bar.set_position((ids.len() as i64 - open).max(0) as u64);

@@ -1,0 +1,257 @@
+//! One job runner for every queue the workers consume. A [`Job`] parses a delivery and
+//! executes it, returning a [`Step`] or a [`JobError`]; the [`Runner`] does the rest the
+//! same way for every job: poison and over-delivered messages are dead-lettered, a step's
+//! queued messages are published, transient failures are handed back without counting as a
+//! delivery, anything else is dead-lettered with its reason; metrics are recorded here, once.
+
+use std::{future::Future, sync::Arc};
+
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{Ctx, dead};
+use crate::{
+    domain::{AccountId, RequestId},
+    queue::{
+        self,
+        consumer::{Handler, Outcome},
+        publisher::Publisher,
+    },
+    retry::Transient,
+    store::{self, dead_letters::Subject, outbox::OutboxMessage},
+};
+
+/// A kind of message the workers consume.
+pub trait Job: Send + Sync + 'static {
+    type Message: Send + Sync;
+    /// Its name in metrics (the `kind` label) and logs.
+    const NAME: &'static str;
+    /// The routing key its messages arrive with, and are handed back or dead-lettered with.
+    const ROUTING_KEY: &'static str;
+
+    /// Reads a delivery; a message that cannot be read is poison.
+    fn parse(&self, ctx: &Ctx, data: &[u8]) -> Result<Self::Message, Poison>;
+
+    /// What fails with the message if it is dead-lettered.
+    fn subject<'m>(&self, msg: &'m Self::Message) -> Subject<'m>;
+
+    /// The span its work is logged in (request and bot ids only, never personal data).
+    fn span(&self, msg: &Self::Message) -> tracing::Span;
+
+    /// Does the work. Tests call it directly, without a broker.
+    fn execute(
+        &self,
+        ctx: &Ctx,
+        msg: &Self::Message,
+        stop: &CancellationToken,
+    ) -> impl Future<Output = Result<Step, JobError>> + Send;
+}
+
+/// A message that cannot be read, with what it names (read even from a malformed message,
+/// so that a producer finds its request `failed`, not missing).
+#[derive(Debug)]
+pub struct Poison {
+    pub request_id: Option<RequestId>,
+    pub account_id: Option<AccountId>,
+    pub reason: String,
+}
+
+/// How a job's execution ended. Messages it committed to the outbox are published by the
+/// runner (and by the outbox relay should that fail).
+#[derive(Debug)]
+pub enum Step {
+    /// The request is planned: its users decided, one task per bot.
+    Planned { messages: Vec<OutboxMessage> },
+    /// Nothing to erase: the request settled at planning.
+    SettledAtPlanning,
+    /// A duplicate delivery of a request already planned or settled: nothing to do.
+    Duplicate,
+    /// Every row of the message's tasks is gone, and the tasks are done.
+    Drained,
+    /// The slice is used up (or shutdown began): continuations are queued.
+    Continued { messages: Vec<OutboxMessage> },
+    /// A stale copy of an earlier slice: nothing to do.
+    Stale,
+}
+
+impl Step {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Planned { .. } => "planned",
+            Self::SettledAtPlanning => "settled_at_planning",
+            Self::Duplicate => "duplicate",
+            Self::Drained => "drained",
+            Self::Continued { .. } => "continued",
+            Self::Stale => "stale",
+        }
+    }
+
+    fn messages(&self) -> &[OutboxMessage] {
+        match self {
+            Self::Planned { messages } | Self::Continued { messages } => messages,
+            _ => &[],
+        }
+    }
+}
+
+/// Why a job did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The database went away and stayed away beyond the retry budget: the message is handed
+    /// back, and that does not count as a delivery.
+    #[error("{}", store::describe(.0))]
+    Transient(sqlx::Error),
+    /// The message breaks a rule of the contract: it can never succeed as sent.
+    #[error("{0}")]
+    Refused(String),
+    /// A task message names tasks that do not exist.
+    #[error("task is unknown (its request was never planned)")]
+    UnknownTask,
+    /// Will not succeed by trying again (a database error that is not transient); the reason
+    /// is short and names no one.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl From<sqlx::Error> for JobError {
+    fn from(e: sqlx::Error) -> Self {
+        if store::is_transient(&e) {
+            Self::Transient(e)
+        } else {
+            Self::Permanent(store::describe(&e))
+        }
+    }
+}
+
+impl Transient for JobError {
+    fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_))
+    }
+    fn describe(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// Runs a [`Job`] for a queue consumer.
+pub struct Runner<J> {
+    job: J,
+    ctx: Arc<Ctx>,
+    publisher: Arc<Publisher>,
+}
+
+impl<J: Job> Runner<J> {
+    pub fn new(job: J, ctx: Arc<Ctx>, publisher: Arc<Publisher>) -> Self {
+        Self {
+            job,
+            ctx,
+            publisher,
+        }
+    }
+
+    async fn run(
+        &self,
+        msg: &J::Message,
+        data: &[u8],
+        props: &BasicProperties,
+        stop: &CancellationToken,
+    ) -> Outcome {
+        let delivery = queue::delivery_number(props);
+        if delivery > u64::from(self.ctx.config.queue.max_deliveries) {
+            let reason = format!("delivered {delivery} times without being settled");
+            return self.dead_letter(self.job.subject(msg), &reason, data).await;
+        }
+        match self.job.execute(&self.ctx, msg, stop).await {
+            Ok(step) => {
+                metrics::counter!("erasure_job_steps_total", "kind" => J::NAME, "step" => step.name())
+                    .increment(1);
+                tracing::debug!(step = step.name(), "job step finished");
+                self.publisher
+                    .publish_outbox(&self.ctx.pool, step.messages())
+                    .await;
+                Outcome::Ack
+            }
+            Err(JobError::Transient(e)) => {
+                tracing::warn!(error = %store::describe(&e), "interrupted; handing the message back");
+                self.hand_back(&queue::message_id(props), data).await
+            }
+            Err(e) => {
+                self.dead_letter(self.job.subject(msg), &e.to_string(), data)
+                    .await
+            }
+        }
+    }
+
+    /// Puts back a message whose handling failed for a transient reason: republished,
+    /// confirmed, then the original is acknowledged, so that waiting out an outage does not
+    /// count as a delivery. A plain requeue would count, and a long enough outage would have
+    /// the broker dead-letter healthy messages (`x-delivery-limit`) with nothing recorded.
+    pub async fn hand_back(&self, message_id: &str, data: &[u8]) -> Outcome {
+        metrics::counter!("erasure_handed_back_total", "kind" => J::NAME).increment(1);
+        let mut headers = FieldTable::default();
+        headers.insert("x-erasure-retried".into(), AMQPValue::Boolean(true));
+        match self
+            .publisher
+            .publish(J::ROUTING_KEY, message_id, data, headers)
+            .await
+        {
+            Ok(()) => Outcome::Ack,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not put a message back; requeueing it");
+                Outcome::Requeue
+            }
+        }
+    }
+
+    async fn dead_letter(&self, subject: Subject<'_>, reason: &str, data: &[u8]) -> Outcome {
+        match dead::dead_letter(
+            &self.ctx.pool,
+            &self.publisher,
+            J::ROUTING_KEY,
+            subject,
+            reason,
+            data,
+        )
+        .await
+        {
+            dead::Filed::Yes => {
+                metrics::counter!("erasure_dead_lettered_total", "kind" => J::NAME).increment(1);
+                Outcome::Ack
+            }
+            dead::Filed::NotRecorded => {
+                let id = subject
+                    .request_id()
+                    .map_or_else(|| "unidentified".into(), |r| r.to_string());
+                self.hand_back(&id, data).await
+            }
+            dead::Filed::NotPublished => Outcome::Requeue,
+        }
+    }
+}
+
+impl<J: Job> Handler for Runner<J> {
+    async fn handle(
+        &self,
+        data: Vec<u8>,
+        props: BasicProperties,
+        stop: CancellationToken,
+    ) -> Outcome {
+        match self.job.parse(&self.ctx, &data) {
+            Ok(msg) => {
+                let span = self.job.span(&msg);
+                self.run(&msg, &data, &props, &stop).instrument(span).await
+            }
+            Err(poison) => {
+                metrics::counter!("erasure_poison_messages_total", "kind" => J::NAME).increment(1);
+                let subject = Subject::Request {
+                    request_id: poison.request_id.as_ref(),
+                    account_id: poison.account_id.as_ref(),
+                };
+                self.dead_letter(subject, &poison.reason, &data).await
+            }
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The workers' job steps called directly, without a broker: planning a request and working
+//! a slice of a task are functions of the database alone, and what they queue is in the
+//! outbox, where the runner (or the relay) would publish it from.
+
+use erasure::{
+    contract::{EraseMessage, EraseRequest, TaskMessage, UserEntry},
+    domain::{AccountId, BotId, RequestId},
+    worker::{
+        Ctx,
+        job::{Job, JobError, Step},
+        plan::{self, PlanJob},
+        task::{self, TaskJob},
+    },
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::TestEnv;
+
+/// Account `acct-j` with `bots` bots; u-1 and u-2 with 3 rows per store in each bot; u-9 owns
+/// the account (protected).
+async fn platform(env: &TestEnv, bots: usize) -> Vec<BotId> {
+    let bots = env.account("acct-j", bots).await;
+    for user in ["u-1", "u-2", "u-9"] {
+        env.user(user, None, None).await;
+    }
+    sqlx::query("INSERT INTO platform.account_members (account_id, user_id, role) VALUES ('acct-j', 'u-9', 'owner')")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    for bot in &bots {
+        env.rows("u-1", bot, 3).await;
+        env.rows("u-2", bot, 3).await;
+    }
+    bots.into_iter().map(BotId::new).collect()
+}
+
+fn message(users: &[&str], bots: &[BotId]) -> EraseMessage {
+    EraseMessage {
+        request_id: RequestId::generate(),
+        account_id: AccountId::new("acct-j"),
+        request: EraseRequest {
+            user_ids: users.iter().map(|u| UserEntry::Id(u.to_string())).collect(),
+            bot_ids: bots.to_vec(),
+            remove_data_from_all_bots: false,
+        },
+        requested_by: "jobs-test".into(),
+        requested_at: None,
+    }
+}
+
+/// The task messages a step queued, as a worker would receive them.
+fn queued(step: &Step) -> Vec<TaskMessage> {
+    let messages = match step {
+        Step::Planned { messages } | Step::Continued { messages } => messages,
+        other => panic!("{other:?} queued nothing"),
+    };
+    messages
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn planning_decides_every_user_and_queues_one_message_for_the_bots() {
+    let env = TestEnv::new().await;
+    let bots = platform(&env, 3).await;
+    let ctx = Ctx::new(env.pool.clone(), env.config());
+    let msg = message(&["u-1", "u-9", "nobody"], &bots);
+
+    let step = plan::plan(&ctx, &msg).await.unwrap();
+    let tasks = queued(&step);
+    assert_eq!(tasks.len(), 1, "three bots share one message");
+    assert_eq!(tasks[0].bots(), bots);
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM erasure.outbox")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        outbox, 1,
+        "the message is committed for the runner to publish"
+    );
+    let outcomes = env.user_outcomes(msg.request_id.as_str()).await;
+    let statuses: Vec<(&str, Option<&str>)> = outcomes
+        .iter()
+        .map(|(_, s, r)| (s.as_str(), r.as_deref()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("IN_PROGRESS", None),
+            ("REJECTED", Some("account_owner")),
+            ("NOT_FOUND", None)
+        ]
+    );
+
+    let again = plan::plan(&ctx, &msg).await.unwrap();
+    assert!(matches!(again, Step::Duplicate), "{again:?}");
+}
+
+#[tokio::test]
+async fn a_request_with_no_one_to_erase_settles_at_planning() {
+    let env = TestEnv::new().await;
+    let bots = platform(&env, 1).await;
+    let ctx = Ctx::new(env.pool.clone(), env.config());
+    let msg = message(&["u-9"], &bots);
+    let step = plan::plan(&ctx, &msg).await.unwrap();
+    assert!(matches!(step, Step::SettledAtPlanning), "{step:?}");
+    assert_eq!(
+        env.request_status(msg.request_id.as_str()).await.as_deref(),
+        Some("rejected")
+    );
+}
+
+#[tokio::test]
+async fn a_bot_of_another_account_is_refused_at_planning_and_nothing_is_planned() {
+    let env = TestEnv::new().await;
+    let bots = platform(&env, 1).await;
+    let other = env.account("acct-other", 1).await;
+    let ctx = Ctx::new(env.pool.clone(), env.config());
+    let msg = message(&["u-1"], &[bots[0].clone(), BotId::new(&other[0])]);
+    match plan::plan(&ctx, &msg).await {
+        Err(JobError::Refused(reason)) => {
+            assert!(
+                reason.contains("not a bot of the request's account"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let tasks: i64 = sqlx::query_scalar("SELECT count(*) FROM erasure.tasks")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(tasks, 0, "a refused plan commits nothing");
+}
+
+#[tokio::test]
+async fn a_task_step_drains_its_bots_counts_each_row_once_and_settles_the_request() {
+    let env = TestEnv::new().await;
+    let bots = platform(&env, 2).await;
+    let ctx = Ctx::new(env.pool.clone(), env.config());
+    let msg = message(&["u-1", "u-9"], &bots);
+    let tasks = queued(&plan::plan(&ctx, &msg).await.unwrap());
+    let stop = CancellationToken::new();
+
+    let step = task::run(&ctx, &tasks[0], &stop).await.unwrap();
+    assert!(matches!(step, Step::Drained), "{step:?}");
+    for bot in &bots {
+        assert_eq!(env.count_rows("u-1", bot.as_str()).await, 0);
+        assert_eq!(
+            env.count_rows("u-2", bot.as_str()).await,
+            9,
+            "u-2 was not asked for"
+        );
+    }
+    let id = msg.request_id.as_str();
+    assert_eq!(env.request_status(id).await.as_deref(), Some("completed"));
+    assert_eq!(env.rows_deleted(id).await, 2 * 9);
+
+    let again = task::run(&ctx, &tasks[0], &stop).await.unwrap();
+    assert!(
+        matches!(again, Step::Drained),
+        "a duplicate finds it done: {again:?}"
+    );
+    assert_eq!(
+        env.rows_deleted(id).await,
+        2 * 9,
+        "and counts nothing twice"
+    );
+}
+
+#[tokio::test]
+async fn a_slice_that_runs_out_continues_in_two_halves_and_its_old_copy_is_stale() {
+    let env = TestEnv::with_vars(&[
+        ("ERASURE_BATCH_SIZE", "2"),
+        ("ERASURE_BATCHES_PER_SLICE", "1"),
+    ])
+    .await;
+    let bots = platform(&env, 4).await;
+    let ctx = Ctx::new(env.pool.clone(), env.config());
+    let msg = message(&["u-1"], &bots);
+    let first = queued(&plan::plan(&ctx, &msg).await.unwrap());
+    let stop = CancellationToken::new();
+
+    let step = task::run(&ctx, &first[0], &stop).await.unwrap();
+    let next = queued(&step);
+    assert_eq!(next.len(), 2, "four bots continue as two messages of two");
+    assert!(next.iter().all(|m| m.slice == 1 && m.bots().len() == 2));
+    let stale = task::run(&ctx, &first[0], &stop).await.unwrap();
+    assert!(
+        matches!(stale, Step::Stale),
+        "slice 0 was handed over: {stale:?}"
+    );
+
+    // Working the continuations to the end erases every row, each counted once.
+    let mut pending = next;
+    while let Some(m) = pending.pop() {
+        match task::run(&ctx, &m, &stop).await.unwrap() {
+            step @ Step::Continued { .. } => pending.extend(queued(&step)),
+            Step::Drained => {}
+            other => panic!("a continuation is worked once: {other:?}"),
+        }
+    }
+    for bot in &bots {
+        assert_eq!(env.count_rows("u-1", bot.as_str()).await, 0);
+    }
+    let id = msg.request_id.as_str();
+    assert_eq!(env.request_status(id).await.as_deref(), Some("completed"));
+    assert_eq!(env.rows_deleted(id).await, 4 * 9);
+}
+
+#[tokio::test]
+async fn a_task_message_whose_request_was_never_planned_is_an_unknown_task() {
+    let env = TestEnv::new().await;
+    let ctx = Ctx::new(env.pool.clone(), env.config());
+    let msg = TaskMessage::new(&RequestId::generate(), &[BotId::new("st-x")], 0);
+    let stop = CancellationToken::new();
+    assert!(matches!(
+        task::run(&ctx, &msg, &stop).await,
+        Err(JobError::UnknownTask)
+    ));
+}
+
+#[tokio::test]
+async fn unreadable_messages_are_poison_naming_what_they_can() {
+    let env = TestEnv::new().await;
+    let ctx = Ctx::new(env.pool.clone(), env.config());
+    let poison = PlanJob
+        .parse(
+            &ctx,
+            br#"{"version":7,"requestId":"eud-x1","accountId":"acct-j"}"#,
+        )
+        .unwrap_err();
+    assert_eq!(poison.request_id.unwrap().as_str(), "eud-x1");
+    assert_eq!(poison.account_id.unwrap().as_str(), "acct-j");
+    assert!(
+        poison.reason.contains("unknown message version"),
+        "{}",
+        poison.reason
+    );
+    let poison = TaskJob.parse(&ctx, b"not json").unwrap_err();
+    assert!(poison.request_id.is_none());
+    assert!(
+        poison.reason.contains("not valid JSON"),
+        "{}",
+        poison.reason
+    );
+}
