@@ -1,4 +1,5 @@
-//! The `erasure` command line (DESIGN.md section 5).
+//! The `erasure` command line (DESIGN.md section 5), but for `erasure bench`, which the
+//! binary adds (`src/bin/erasure/bench/`).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -7,8 +8,9 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{
+    client::Client,
     config::{Config, SETTINGS},
-    contract::{RequestId, StatusDocument},
+    contract::RequestId,
     domain::{AccountId, RequestStatus},
     intake::auth,
     queue::{Topology, redrive},
@@ -18,12 +20,11 @@ use crate::{
     telemetry,
 };
 
+pub const ABOUT: &str =
+    "Erases users' data from a conversational-bot platform, durably, and proves it did";
+
 #[derive(Parser, Debug)]
-#[command(
-    name = "erasure",
-    version,
-    about = "Erases users' data from a conversational-bot platform, durably, and proves it did"
-)]
+#[command(name = "erasure", version, about = ABOUT)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -96,8 +97,6 @@ pub enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
-    /// Benchmark the service against plain set-based SQL on its own database.
-    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -163,12 +162,19 @@ pub struct SubmitArgs {
     pub idempotency_key: Option<String>,
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// The configuration from the environment, and logging set up from it: how every command,
+/// the binary's own included, starts.
+pub fn configure() -> anyhow::Result<Config> {
     let config = Config::from_env()?;
     telemetry::init_logs(config.log.format, &config.log.filter);
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
+    Ok(config)
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = configure()?;
     match cli.command {
         Command::Serve { role } => serve(config, role).await,
         Command::Migrate => {
@@ -247,19 +253,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Requests {
             command: RequestsCommand::List { status, limit },
-        } => {
-            let pool = store::connect_and_migrate(
-                &config.database.url,
-                2,
-                config.database.statement_timeout,
-            )
-            .await?;
-            for r in requests::list(&pool, status, limit).await? {
-                println!("{}", serde_json::to_string(&r)?);
-            }
-            Ok(())
-        }
-        Command::Bench(args) => crate::bench::main(&config, args).await,
+        } => list_requests(&config, status, limit).await,
         Command::Queue {
             command: QueueCommand::Stats,
         } => {
@@ -273,6 +267,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Reads only: a database without the service's schema is an error naming the fix, never
+/// created or migrated by a command an operator runs to look.
+async fn list_requests(
+    config: &Config,
+    status: Option<RequestStatus>,
+    limit: i64,
+) -> anyhow::Result<()> {
+    let pool = store::connect(&config.database.url, 2, config.database.statement_timeout).await?;
+    let listed = requests::list(&pool, status, limit)
+        .await
+        .map_err(not_migrated_hint);
+    pool.close().await;
+    for r in listed? {
+        println!("{}", serde_json::to_string(&r)?);
+    }
+    Ok(())
+}
+
+/// Says what to run when a read-only command finds no database or no schema.
+fn not_migrated_hint(e: sqlx::Error) -> anyhow::Error {
+    let code = e.as_database_error().and_then(|d| d.code());
+    let hint = match code.as_deref() {
+        // invalid_catalog_name
+        Some("3D000") => {
+            "the database of DATABASE_URL does not exist: `erasure migrate` creates it"
+        }
+        // undefined_table, invalid_schema_name
+        Some("42P01" | "3F000") => {
+            "the database of DATABASE_URL has no erasure schema: `erasure migrate` applies it"
+        }
+        _ => return e.into(),
+    };
+    anyhow::Error::new(e).context(hint)
 }
 
 async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
@@ -370,13 +399,12 @@ async fn app(config: &Config, command: AppCommand) -> anyhow::Result<()> {
     }
 }
 
-fn base_url(config: &Config, client: &ClientArgs) -> String {
-    client
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", config.http.addr))
-        .trim_end_matches('/')
-        .to_string()
+/// The intake at `--url`, or at this configuration's listen address.
+fn intake(config: &Config, args: &ClientArgs) -> Client {
+    match &args.url {
+        Some(url) => Client::new(url),
+        None => Client::new(&format!("http://{}", config.http.addr)),
+    }
 }
 
 async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
@@ -393,23 +421,14 @@ async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
         )
         .collect();
     let body = serde_json::json!({"userIds": users, "botIds": args.bots, "RemoveDataFromAllBots": args.all_bots});
-    let mut req = reqwest::Client::new()
-        .delete(format!(
-            "{}{}",
-            base_url(config, &args.client),
-            crate::intake::ERASE_PATH
-        ))
-        .header("auth", &args.client.token)
-        .json(&body);
+    let mut call = intake(config, &args.client).erase(&args.client.token, &body);
     if let Some(k) = &args.idempotency_key {
-        req = req.header("Idempotency-Key", k);
+        call = call.idempotency_key(k);
     }
-    let resp = req.send().await.context("calling the intake")?;
-    let code = resp.status();
-    let text = resp.text().await?;
-    println!("{text}");
-    if !code.is_success() {
-        bail!("the intake answered {code}");
+    let reply = call.reply().await?;
+    println!("{}", reply.text());
+    if !reply.is_success() {
+        bail!("the intake answered {}", reply.status());
     }
     Ok(())
 }
@@ -421,25 +440,8 @@ async fn status(
     watch: bool,
 ) -> anyhow::Result<()> {
     RequestId::parse(request_id).context("a request id starts with eud-")?;
-    let url = format!(
-        "{}/api/public/bot/eraseUsersData/status/{request_id}",
-        base_url(config, client)
-    );
-    let http = reqwest::Client::new();
-    let fetch = || async {
-        let resp = http
-            .get(&url)
-            .header("auth", &client.token)
-            .send()
-            .await
-            .context("calling the intake")?;
-        let code = resp.status();
-        let text = resp.text().await?;
-        if !code.is_success() {
-            bail!("the intake answered {code}: {text}");
-        }
-        Ok::<_, anyhow::Error>(serde_json::from_str::<StatusDocument>(&text)?)
-    };
+    let intake = intake(config, client);
+    let fetch = || intake.status(&client.token, request_id).send();
     let mut doc = fetch().await?;
     if watch {
         let bar = ProgressBar::new(doc.progress.tasks_total.max(1) as u64);

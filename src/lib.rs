@@ -6,9 +6,9 @@
 //! state). [`contract`] holds the wire types every side shares, [`domain`] the identifiers and
 //! states, [`rules`] the rules of erasure.
 
-pub mod bench;
 pub mod catalog;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod contract;
 pub mod domain;

@@ -124,3 +124,51 @@ async fn app_create_refuses_an_unknown_account() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("acct-missing does not exist"));
 }
+
+#[tokio::test]
+async fn requests_list_on_a_database_without_the_schema_fails_and_creates_nothing() {
+    let env = TestEnv::unmigrated().await;
+    let out = erasure(&env, &["requests", "list"], &[]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no erasure schema: `erasure migrate` applies it"),
+        "{stderr}"
+    );
+    let schemas: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_namespace WHERE nspname IN ('erasure', 'platform')",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    let migrations: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!((schemas, migrations), (0, None), "nothing was applied");
+}
+
+#[tokio::test]
+async fn requests_list_against_a_missing_database_fails_and_creates_none() {
+    let env = TestEnv::new().await;
+    let missing = format!("{}_missing", env.db_name);
+    let url = format!("{}/{missing}", crate::helpers::PG_BASE);
+    let out = erasure(&env, &["requests", "list"], &[("DATABASE_URL", &url)]).await;
+    let created: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&missing)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    if created {
+        erasure::store::drop_database(&url).await.unwrap();
+    }
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("does not exist: `erasure migrate` creates it"),
+        "{stderr}"
+    );
+    assert!(!created, "a read-only command created the database");
+}

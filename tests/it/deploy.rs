@@ -606,6 +606,16 @@ fn the_dockerfile_is_multi_stage_unprivileged_and_runs_the_binary() {
             .iter()
             .any(|l| l.contains("--locked") && l.contains("--bin erasure"))
     );
+    // A source file the build names (the stand-in of the dependency layer, the files it
+    // touches) is where Cargo finds the targets: a stale one would add a second `erasure`.
+    for word in build.iter().flat_map(|l| l.split_whitespace()) {
+        if word.starts_with("src/") && word.ends_with(".rs") {
+            assert!(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(word).exists(),
+                "the Dockerfile names {word}, which the repository does not have"
+            );
+        }
+    }
     let ignored = std::fs::read_to_string(deploy_dir().join("Dockerfile.dockerignore")).unwrap();
     for needed in ["Cargo.toml", "Cargo.lock", "vendor", "src", "migrations"] {
         assert!(

@@ -6,6 +6,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use erasure::{
+    client::{Call, Client},
     config::Config,
     contract::StatusDocument,
     queue::Topology,
@@ -35,13 +36,26 @@ impl TestEnv {
 
     /// A fresh database (migrated) and prefix; `vars` override service settings.
     pub async fn with_vars(vars: &[(&str, &str)]) -> Self {
+        Self::create(vars, true).await
+    }
+
+    /// A fresh database with nothing applied: no `platform` or `erasure` schema.
+    pub async fn unmigrated() -> Self {
+        Self::create(&[], false).await
+    }
+
+    async fn create(vars: &[(&str, &str)], migrated: bool) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("erasure_test_{}", &id[..16]);
         let db_url = format!("{PG_BASE}/{db_name}");
         let prefix = format!("t{}.", &id[..12]);
-        let pool = store::connect_and_migrate(&db_url, 8, Duration::from_secs(30))
-            .await
-            .expect("test database");
+        let pool = if migrated {
+            store::connect_and_migrate(&db_url, 8, Duration::from_secs(30)).await
+        } else {
+            store::create_database_if_missing(&db_url).await.unwrap();
+            store::connect(&db_url, 8, Duration::from_secs(30)).await
+        }
+        .expect("test database");
         let mut all = BTreeMap::new();
         for (k, v) in [
             ("DATABASE_URL", db_url.as_str()),
@@ -313,7 +327,8 @@ impl Drop for TestEnv {
     }
 }
 
-/// A tiny HTTP client for the intake.
+/// The intake's API as tests call it: [`erasure::client`], answering the status code and the
+/// JSON body (`Null` when the body is not JSON) whatever the status.
 pub struct Api {
     pub base: String,
     pub http: reqwest::Client,
@@ -327,50 +342,36 @@ impl Api {
         }
     }
 
+    fn client(&self) -> Client {
+        Client::with_http(&self.base, self.http.clone())
+    }
+
     /// `DELETE /api/public/bot/eraseUsersData` with a token in the `auth` header.
     pub async fn erase(&self, token: &str, body: &Value) -> (u16, Value) {
-        self.send_erase(token, None, body).await
+        answer(self.client().erase(token, body)).await
     }
 
     /// The same call with an `Idempotency-Key`.
     pub async fn erase_with_key(&self, token: &str, key: &str, body: &Value) -> (u16, Value) {
-        self.send_erase(token, Some(key), body).await
-    }
-
-    async fn send_erase(&self, token: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
-        let mut request = self
-            .http
-            .delete(format!("{}/api/public/bot/eraseUsersData", self.base))
-            .header("auth", token)
-            .json(body);
-        if let Some(key) = key {
-            request = request.header("Idempotency-Key", key);
-        }
-        let r = request.send().await.unwrap();
-        let code = r.status().as_u16();
-        (code, r.json().await.unwrap_or(Value::Null))
+        answer(self.client().erase(token, body).idempotency_key(key)).await
     }
 
     pub async fn status(&self, token: &str, request_id: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!(
-                "{}/api/public/bot/eraseUsersData/status/{request_id}",
-                self.base
-            ))
-            .header("auth", token)
-            .send()
-            .await
-            .unwrap();
-        let code = r.status().as_u16();
-        (code, r.json().await.unwrap_or(Value::Null))
+        answer(self.client().status(token, request_id)).await
     }
 
     pub async fn status_doc(&self, token: &str, request_id: &str) -> StatusDocument {
-        let (code, v) = self.status(token, request_id).await;
-        assert_eq!(code, 200, "status answered {code}: {v}");
-        serde_json::from_value(v).unwrap()
+        self.client()
+            .status(token, request_id)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("status of {request_id}: {e}"))
     }
+}
+
+async fn answer<T>(call: Call<T>) -> (u16, Value) {
+    let reply = call.reply().await.expect("the intake answers");
+    (reply.status(), reply.json())
 }
 
 /// Publishes a raw message to this test's `erasure` exchange, as a platform producer would.
