@@ -3,14 +3,14 @@
 //! that reads it. Parsing, `erasure config`, the README's table and the manifests' test all
 //! derive from that one declaration, so they cannot drift.
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 mod values;
 
 pub use values::{AmqpUrls, CredentialUrl, LogFormat, QueuePrefix, Secret, Value};
 use values::{
-    amqp_urls, duration, int, log_filter, log_format, millis, postgres_url, queue_prefix, seconds,
-    secret, socket_addr,
+    amqp_urls, duration, int, log_filter, log_format, millis, optional_path, postgres_url,
+    queue_prefix, seconds, secret, socket_addr,
 };
 
 /// A configuration value that could not be used, naming the variable.
@@ -110,6 +110,9 @@ macro_rules! settings {
             /// `ERASURE_*` variables that name no setting (misspelt, or from another
             /// version): logged at start so that a typo never silently takes a default.
             pub unknown: Vec<String>,
+            /// Every variable of the process, for those the target catalog names (the URL of
+            /// each further database).
+            pub env: Environment,
         }
 
         /// The groups of settings (`Setting::group`) with their titles, in declaration order.
@@ -132,7 +135,11 @@ macro_rules! settings {
 
         impl Config {
             fn read_groups(vars: &Vars<'_>) -> Result<Self, ConfigError> {
-                Ok(Self { $( $group: $Group::read(vars)?, )* unknown: Vec::new() })
+                Ok(Self {
+                    $( $group: $Group::read(vars)?, )*
+                    unknown: Vec::new(),
+                    env: Environment(vars.0.clone()),
+                })
             }
 
             /// The effective configuration, secrets and credentials masked, for
@@ -213,6 +220,12 @@ settings! {
         sweep: Duration = "ERASURE_RETENTION_SWEEP_SECONDS", "60", seconds(1, 86_400);
     }
 
+    /// What to erase.
+    targets: TargetSettings {
+        /// the target catalog: a TOML file naming the stores to erase, their keys, children, databases and actions (empty: the built-in catalog of `platform.conversations`, `platform.sessions`, `platform.analytics_events`)
+        path: Option<PathBuf> = "ERASURE_TARGETS", "", optional_path;
+    }
+
     /// Keys.
     keys: KeySettings {
         /// key of the HMAC that replaces identifiers; 32+ bytes, hex or text
@@ -227,6 +240,26 @@ settings! {
         format: LogFormat = "ERASURE_LOG_FORMAT", "text", log_format;
         /// log filter (tracing `EnvFilter` syntax, e.g. `debug` or `info,erasure::worker=debug`)
         filter: String = "ERASURE_LOG", "info,sqlx=warn,lapin=warn", log_filter;
+    }
+}
+
+/// The process's variables, by name. Shown by name only: values may be secrets.
+#[derive(Clone, Default)]
+pub struct Environment(BTreeMap<String, String>);
+
+impl Environment {
+    /// A variable's value, if set and not empty.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+}
+
+impl std::fmt::Debug for Environment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
     }
 }
 

@@ -677,11 +677,56 @@ pub struct UserResponse {
     pub reason: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
-pub struct RowsDeleted {
-    pub conversations: i64,
-    pub sessions: i64,
-    pub analytics: i64,
+/// Rows per store, in the target catalog's order: a JSON object keyed by store name.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct StoreRows(pub Vec<(String, i64)>);
+
+impl StoreRows {
+    /// The rows of one store (0 when it has none).
+    pub fn get(&self, store: &str) -> i64 {
+        self.0
+            .iter()
+            .find(|(s, _)| s == store)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    pub fn total(&self) -> i64 {
+        self.0.iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl Serialize for StoreRows {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (store, rows) in &self.0 {
+            map.serialize_entry(store, rows)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for StoreRows {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Rows;
+        impl<'de> serde::de::Visitor<'de> for Rows {
+            type Value = StoreRows;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of rows per store")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<StoreRows, A::Error> {
+                let mut rows = Vec::new();
+                while let Some(entry) = map.next_entry::<String, i64>()? {
+                    rows.push(entry);
+                }
+                Ok(StoreRows(rows))
+            }
+        }
+        d.deserialize_map(Rows)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -689,7 +734,11 @@ pub struct RowsDeleted {
 pub struct Progress {
     pub tasks_total: i32,
     pub tasks_done: i32,
-    pub rows_deleted: RowsDeleted,
+    /// One key per `delete` store of the catalog.
+    pub rows_deleted: StoreRows,
+    /// One key per `anonymize` store; absent when the catalog has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_anonymized: Option<StoreRows>,
 }
 
 /// The status document (contract).

@@ -8,12 +8,13 @@ use std::{
 };
 
 use anyhow::Context;
-use sqlx::PgPool;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    catalog::CatalogError,
     config::Config,
     contract::Limits,
+    erase::Targets,
     intake::{self, IntakeState, ratelimit::RateLimiter},
     queue::{
         Topology,
@@ -83,6 +84,14 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
     .await
     .context("connecting to PostgreSQL and applying migrations")?;
     warn_about_development_keys(&config);
+    let targets = Arc::new(
+        Targets::connect(&config, pool.clone())
+            .await
+            .context("reading the target catalog (ERASURE_TARGETS)")?,
+    );
+    if role.worker() {
+        check_targets(&targets).await?;
+    }
     let topology = Topology::new(&config.queue.prefix, config.queue.max_deliveries);
     let publisher = Arc::new(Publisher::new(
         config.queue.amqp_url.primary(),
@@ -93,7 +102,7 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
     let tracker = TaskTracker::new();
 
     let consumers = if role.worker() {
-        spawn_workers(&config, &pool, &publisher, &topology, &tracker, &cancel).await
+        spawn_workers(&config, &targets, &publisher, &topology, &tracker, &cancel).await
     } else {
         Vec::new()
     };
@@ -107,6 +116,7 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
 
     let state = IntakeState {
         pool: pool.clone(),
+        catalog: targets.catalog.clone(),
         config: Arc::new(config.clone()),
         limits: Limits::from_config(&config),
         publisher: publisher.clone(),
@@ -158,15 +168,16 @@ fn warn_about_development_keys(config: &Config) {
 /// Starts one consumer per worker queue, each running its job; returns their readiness flags.
 async fn spawn_workers(
     config: &Config,
-    pool: &PgPool,
+    targets: &Arc<Targets>,
     publisher: &Arc<Publisher>,
     topology: &Topology,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> Vec<(&'static str, Arc<AtomicBool>)> {
     let warm = (config.worker.concurrency + 1).min(config.database.max_connections as usize);
-    let _ = tokio::time::timeout(Duration::from_secs(5), crate::erase::warm_up(pool, warm)).await;
-    let ctx = Arc::new(Ctx::new(pool.clone(), config.clone()));
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), crate::erase::warm_up(targets, warm)).await;
+    let ctx = Arc::new(Ctx::new(config.clone(), targets.clone()));
     let spec = |name: &'static str, queue: String| ConsumerSpec {
         url: config.queue.amqp_url.primary().to_string(),
         queue,
@@ -188,4 +199,26 @@ async fn spawn_workers(
     let task = Runner::new(TaskJob, ctx, publisher.clone());
     tracker.spawn(consumer::run(tasks, Arc::new(task), cancel.clone()));
     consumers
+}
+
+/// The same check as `erasure targets check`, at every start of a process that erases: a
+/// catalog that does not match its databases stops the process, naming the store and field; a
+/// store without an index that serves its delete is a warning naming the index to create. A
+/// database that is down is only a warning: its tasks wait and retry until it is back.
+async fn check_targets(targets: &Targets) -> anyhow::Result<()> {
+    let report = targets.check(Duration::from_secs(5)).await?;
+    for w in report.unreachable.iter().chain(&report.warnings) {
+        match &w.create_index {
+            Some(sql) => tracing::warn!(create_index = %sql, "target catalog: {}", w.describe()),
+            None => tracing::warn!("target catalog: {}", w.describe()),
+        }
+    }
+    if !report.errors.is_empty() {
+        return Err(CatalogError {
+            origin: targets.catalog.source.clone(),
+            problems: report.errors,
+        }
+        .into());
+    }
+    Ok(())
 }

@@ -110,6 +110,10 @@ fn describe() {
         "erasure_rows_deleted_total",
         "Platform rows deleted, by store"
     );
+    describe_counter!(
+        "erasure_rows_anonymized_total",
+        "Platform rows kept but anonymized, by store"
+    );
     describe_histogram!(
         "erasure_delete_batch_seconds",
         Unit::Seconds,

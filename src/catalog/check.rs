@@ -14,11 +14,14 @@ use super::{Action, Catalog, Ident, Keys, Method, Problem, Store};
 pub struct Report {
     pub errors: Vec<Problem>,
     pub warnings: Vec<Problem>,
+    /// Databases that did not answer: their stores were not checked.
+    pub unreachable: Vec<Problem>,
 }
 
 impl Report {
+    /// Nothing wrong, and every database checked.
     pub fn is_ok(&self) -> bool {
-        self.errors.is_empty()
+        self.errors.is_empty() && self.unreachable.is_empty()
     }
 }
 
@@ -47,9 +50,9 @@ struct Table {
 
 /// Checks every store in its database (`None`: the service's own). Stores in an unreachable
 /// database are reported as such, once per database.
-pub async fn check(
+pub async fn check<'a>(
     catalog: &Catalog,
-    reach: &dyn Fn(Option<&str>) -> Reach<'_>,
+    reach: impl Fn(Option<&str>) -> Reach<'a>,
 ) -> Result<Report, sqlx::Error> {
     let mut report = Report::default();
     let mut tables: BTreeMap<usize, Table> = BTreeMap::new();
@@ -60,10 +63,13 @@ pub async fn check(
             Reach::Pool(pool) => pool,
             Reach::Unreachable(why) => {
                 if unreachable_reported.insert(database.map(str::to_string)) {
-                    report.errors.push(Problem::new(
+                    report.unreachable.push(Problem::new(
                         Some(&store.name),
                         Some("database"),
-                        format!("database {} cannot be reached: {why}", database.unwrap_or("(the service's own)")),
+                        format!(
+                            "database {} cannot be reached: {why}",
+                            database.unwrap_or("(the service's own)")
+                        ),
                     ));
                 }
                 continue;
@@ -169,16 +175,25 @@ async fn check_store(
                 report.errors.push(Problem::new(
                     name,
                     Some("parent.references"),
-                    format!("column {references} not found in {}", catalog.stores[*parent].table),
+                    format!(
+                        "column {references} not found in {}",
+                        catalog.stores[*parent].table
+                    ),
                 ));
             }
             if let (Some(c), Some(r)) = (child, referenced)
-                && (c.category != r.category || (c.category != STRING && c.category != b'N' as i8 && c.type_oid != r.type_oid))
+                && (c.category != r.category
+                    || (c.category != STRING
+                        && c.category != b'N' as i8
+                        && c.type_oid != r.type_oid))
             {
                 report.errors.push(Problem::new(
                     name,
                     Some("parent.column"),
-                    format!("{col} is {} but {references} is {}: they cannot be compared", c.type_name, r.type_name),
+                    format!(
+                        "{col} is {} but {references} is {}: they cannot be compared",
+                        c.type_name, r.type_name
+                    ),
                 ));
             }
             if let Some(c) = child {
@@ -189,11 +204,15 @@ async fn check_store(
     if let Action::Anonymize(columns) = &store.action {
         for (ident, method) in columns {
             let field = format!("anonymize.{}", ident.as_str());
-            let Some(c) = column(&field, ident, report) else { continue };
+            let Some(c) = column(&field, ident, report) else {
+                continue;
+            };
             let problem = match method {
-                Method::Hmac | Method::Redact if c.category != STRING => {
-                    Some(format!("column {ident} is {}: {} writes text", c.type_name, method.name()))
-                }
+                Method::Hmac | Method::Redact if c.category != STRING => Some(format!(
+                    "column {ident} is {}: {} writes text",
+                    c.type_name,
+                    method.name()
+                )),
                 Method::Null if c.not_null => Some(format!("column {ident} is NOT NULL")),
                 _ => None,
             };
@@ -264,7 +283,10 @@ async fn privileges(
         report.errors.push(Problem::new(
             Some(&store.name),
             Some("table"),
-            format!("the service's role lacks SELECT or {writes} on {}", store.table),
+            format!(
+                "the service's role lacks SELECT or {writes} on {}",
+                store.table
+            ),
         ));
     }
     Ok(())

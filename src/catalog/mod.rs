@@ -77,11 +77,15 @@ pub enum Action {
     Anonymize(Vec<(Ident, Method)>),
 }
 
+/// The action names, as the catalog, `erasure.task_rows.action` and the views spell them.
+pub const DELETE: &str = "delete";
+pub const ANONYMIZE: &str = "anonymize";
+
 impl Action {
     pub fn name(&self) -> &'static str {
         match self {
-            Self::Delete => "delete",
-            Self::Anonymize(_) => "anonymize",
+            Self::Delete => DELETE,
+            Self::Anonymize(_) => ANONYMIZE,
         }
     }
 }
@@ -225,20 +229,27 @@ impl Catalog {
             origin: source.clone(),
             problems,
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| fail(vec![Problem::new(None, None, format!("cannot be read: {e}"))]))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            fail(vec![Problem::new(
+                None,
+                None,
+                format!("cannot be read: {e}"),
+            )])
+        })?;
         Self::parse(&text, source.clone()).map_err(fail)
     }
 
     /// Validates a catalog's text; every problem found, not only the first.
     pub fn parse(text: &str, source: Source) -> Result<Self, Vec<Problem>> {
         let raw: RawFile = toml::from_str(text).map_err(|e| {
-            vec![Problem::new(
-                None,
-                None,
-                format!("not a valid catalog: {}", e.message().trim()),
-            )
-            .with_span(text, e.span())]
+            vec![
+                Problem::new(
+                    None,
+                    None,
+                    format!("not a valid catalog: {}", e.message().trim()),
+                )
+                .with_span(text, e.span()),
+            ]
         })?;
         let mut problems = Vec::new();
         for (name, db) in &raw.databases {
@@ -362,7 +373,11 @@ fn valid_env_name(name: &str) -> bool {
 /// Validates every store, collecting problems; the stores come back ordered parents first.
 fn validate_stores(raw: &RawFile, problems: &mut Vec<Problem>) -> Vec<Store> {
     if raw.stores.is_empty() {
-        problems.push(Problem::new(None, Some("stores"), "declare at least one store"));
+        problems.push(Problem::new(
+            None,
+            Some("stores"),
+            "declare at least one store",
+        ));
     }
     let mut seen = std::collections::HashSet::new();
     for s in &raw.stores {

@@ -24,7 +24,9 @@ impl Ident {
                     .strip_suffix('"')
                     .ok_or_else(|| format!("{text:?} opens a quote it does not close"))?;
                 if inner.replace("\"\"", "").contains('"') {
-                    return Err(format!("{text:?}: a quote inside a quoted name is written \"\""));
+                    return Err(format!(
+                        "{text:?}: a quote inside a quoted name is written \"\""
+                    ));
                 }
                 inner.replace("\"\"", "\"")
             }
@@ -140,14 +142,26 @@ mod tests {
     fn plain_and_quoted_names_are_taken_as_written() {
         assert_eq!(Ident::parse("user_id").unwrap().as_str(), "user_id");
         assert_eq!(Ident::parse("UserId").unwrap().as_str(), "UserId");
-        assert_eq!(Ident::parse("\"Message Parts\"").unwrap().as_str(), "Message Parts");
-        assert_eq!(Ident::parse("\"say \"\"hi\"\"\"").unwrap().as_str(), "say \"hi\"");
+        assert_eq!(
+            Ident::parse("\"Message Parts\"").unwrap().as_str(),
+            "Message Parts"
+        );
+        assert_eq!(
+            Ident::parse("\"say \"\"hi\"\"\"").unwrap().as_str(),
+            "say \"hi\""
+        );
         let t = TableName::parse("chat.\"Message Parts\"").unwrap();
         assert_eq!(t.schema.as_str(), "chat");
         assert_eq!(t.table.as_str(), "Message Parts");
         assert_eq!(t.quoted(), "\"chat\".\"Message Parts\"");
-        assert_eq!(TableName::parse("events").unwrap().schema.as_str(), "public");
-        assert_eq!(TableName::parse("\"a.b\".c").unwrap().schema.as_str(), "a.b");
+        assert_eq!(
+            TableName::parse("events").unwrap().schema.as_str(),
+            "public"
+        );
+        assert_eq!(
+            TableName::parse("\"a.b\".c").unwrap().schema.as_str(),
+            "a.b"
+        );
     }
 
     #[test]

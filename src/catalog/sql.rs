@@ -6,7 +6,19 @@
 //! or for statements on rows already picked, their addresses (text[] of `ctid`s); a
 //! descendant's delete takes only those addresses, as `$1`.
 
+use std::sync::Arc;
+
+use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
+
 use super::{Action, Catalog, Ident, Keys, Method, Store};
+
+/// A statement built here. The one place dynamic SQL is vouched for: every name in it went
+/// through [`Ident::quoted`], every value is a parameter. Cloning shares the text.
+pub type Statement = SqlStr;
+
+fn vouch(text: String) -> Statement {
+    AssertSqlSafe(Arc::<str>::from(text)).into_sql_str()
+}
 
 /// The statements that erase a root store (one erased by its own user and bot columns) and,
 /// with it, its descendants.
@@ -24,7 +36,7 @@ pub enum RootSql {
 #[derive(Clone, Debug)]
 pub struct AnonymizeSql {
     /// Overwrites at most $3 rows; per bot, and whether the store is now drained.
-    pub batch: String,
+    pub batch: Statement,
     /// Whether it takes the HMAC's padded keys ($4 inner, $5 outer).
     pub keyed: bool,
 }
@@ -48,23 +60,23 @@ pub struct LeafSql {
     /// user are scattered through the tables, so each bot's statement visited most of the
     /// heap pages the others visited; for 500 users over 20 bots that was 2-3x the database
     /// work of one statement for all of them.
-    pub batch: String,
+    pub batch: Statement,
     /// The rows per bot, counted up to one more than $3 through the (user, bot) index (an
     /// index-only scan where the visibility map allows).
-    pub count: String,
+    pub count: Statement,
     /// Every row: plain SQL's one pass.
-    pub delete_all: String,
+    pub delete_all: Statement,
 }
 
 #[derive(Clone, Debug)]
 pub struct TreeSql {
     /// Locks up to $3 of the root's rows and returns their addresses.
-    pub pick: String,
+    pub pick: Statement,
     /// Per descendant (store index), deepest first: deletes the rows hanging off the picked
     /// rows ($1) and returns them per bot of their root row.
-    pub descendants: Vec<(usize, String)>,
+    pub descendants: Vec<(usize, Statement)>,
     /// Deletes the picked rows ($3), re-checking their keys ($1, $2), per bot.
-    pub delete: String,
+    pub delete: Statement,
 }
 
 /// Per bot: `SELECT ARRAY(bots), ARRAY(counts)` from a CTE `d(bot)`.
@@ -91,34 +103,34 @@ pub fn root(catalog: &Catalog, root: usize) -> RootSql {
     let descendants = catalog.descendants(root);
     if descendants.is_empty() {
         return RootSql::Leaf(LeafSql {
-            batch: format!(
+            batch: vouch(format!(
                 "WITH c AS (SELECT ARRAY(SELECT ctid FROM {t} WHERE {keys} LIMIT $3) AS ids),
                       d AS (DELETE FROM {t} WHERE ctid = ANY((SELECT ids FROM c)::tid[]) AND {keys}
                             RETURNING {b}::text AS bot),
                       per_bot AS (SELECT bot, count(*) AS n FROM d GROUP BY bot)
                  SELECT ARRAY(SELECT bot FROM per_bot), ARRAY(SELECT n FROM per_bot),
                         COALESCE(cardinality((SELECT ids FROM c)), 0) < $3"
-            ),
-            count: format!(
+            )),
+            count: vouch(format!(
                 "SELECT bot, count(*) FROM (SELECT {b}::text AS bot FROM {t} WHERE {keys} LIMIT $3 + 1) x
                   GROUP BY bot"
-            ),
-            delete_all: format!("DELETE FROM {t} WHERE {keys}"),
+            )),
+            delete_all: vouch(format!("DELETE FROM {t} WHERE {keys}")),
         });
     }
     RootSql::Tree(TreeSql {
-        pick: format!(
+        pick: vouch(format!(
             "SELECT COALESCE(array_agg(ctid::text), '{{}}') FROM
                     (SELECT ctid FROM {t} WHERE {keys} LIMIT $3 FOR UPDATE) picked"
-        ),
+        )),
         descendants: descendants
             .iter()
-            .map(|&d| (d, descendant_delete(catalog, d, &b)))
+            .map(|&d| (d, vouch(descendant_delete(catalog, d, &b))))
             .collect(),
-        delete: format!(
+        delete: vouch(format!(
             "WITH d AS (DELETE FROM {t} WHERE ctid = ANY($3::text[]::tid[]) AND {keys}
                         RETURNING {b}::text AS bot){PER_BOT}"
-        ),
+        )),
     })
 }
 
@@ -137,7 +149,12 @@ fn chain(catalog: &Catalog, i: usize) -> (Vec<String>, Vec<String>, String) {
         .map(|(k, pair)| match &catalog.stores[pair[0]].keys {
             Keys::Child {
                 column, references, ..
-            } => format!("x{k}.{} = x{}.{}", column.quoted(), k + 1, references.quoted()),
+            } => format!(
+                "x{k}.{} = x{}.{}",
+                column.quoted(),
+                k + 1,
+                references.quoted()
+            ),
             Keys::Own { .. } => unreachable!("only a child has a parent"),
         })
         .collect();
@@ -184,14 +201,14 @@ fn anonymize(t: &str, u: &str, b: &str, columns: &[(Ident, Method)]) -> Anonymiz
         sets.join(", ")
     );
     AnonymizeSql {
-        batch,
+        batch: vouch(batch),
         keyed: columns.iter().any(|(_, m)| *m == Method::Hmac),
     }
 }
 
 /// Counts, per bot, the rows of the users ($1) in the bots ($2) that store `i` still holds
 /// (a child's through its chain of parents): what a verification finds left.
-pub fn remaining(catalog: &Catalog, i: usize) -> String {
+pub fn remaining(catalog: &Catalog, i: usize) -> Statement {
     let (tables, joins, root) = chain(catalog, i);
     let ancestry = catalog.ancestry(i);
     let (u, b) = own_keys(&catalog.stores[*ancestry.last().expect("a chain has a root")]);
@@ -201,12 +218,12 @@ pub fn remaining(catalog: &Catalog, i: usize) -> String {
         u.quoted(),
         b.quoted()
     ));
-    format!(
+    vouch(format!(
         "SELECT {root}.{}::text AS bot, count(*) FROM {} WHERE {} GROUP BY 1",
         b.quoted(),
         tables.join(", "),
         conditions.join(" AND ")
-    )
+    ))
 }
 
 #[cfg(test)]
@@ -244,13 +261,21 @@ mod tests {
             .map(|(i, _)| c.stores[*i].name.as_str())
             .collect();
         assert_eq!(order, ["attachments", "messages"]);
-        let attachments = &sql.descendants[0].1;
+        let attachments = sql.descendants[0].1.as_str();
         assert!(attachments.contains(
             "DELETE FROM \"chat\".\"attachments\" x0 USING \"chat\".\"Message Parts\" x1, \"chat\".\"Conversations\" x2"
         ), "{attachments}");
-        assert!(attachments.contains("x0.\"message_id\" = x1.\"id\" AND x1.\"conversation_id\" = x2.\"Id\""), "{attachments}");
-        assert!(sql.pick.contains("\"UserId\" = ANY($1) AND \"bot_id\" = ANY($2)"));
-        assert!(sql.pick.contains("FOR UPDATE"));
+        assert!(
+            attachments
+                .contains("x0.\"message_id\" = x1.\"id\" AND x1.\"conversation_id\" = x2.\"Id\""),
+            "{attachments}"
+        );
+        assert!(
+            sql.pick
+                .as_str()
+                .contains("\"UserId\" = ANY($1) AND \"bot_id\" = ANY($2)")
+        );
+        assert!(sql.pick.as_str().contains("FOR UPDATE"));
     }
 
     #[test]
@@ -271,11 +296,15 @@ mod tests {
             Source::BuiltIn,
         )
         .unwrap();
-        let RootSql::Anonymize(AnonymizeSql { batch: sql, keyed }) = root(&c, 0) else {
+        let RootSql::Anonymize(AnonymizeSql { batch, keyed }) = root(&c, 0) else {
             panic!("an anonymize store")
         };
+        let sql = batch.as_str();
         assert!(keyed);
-        assert!(sql.contains("\"uid\" = encode(sha256($5::bytea || sha256($4::bytea"), "{sql}");
+        assert!(
+            sql.contains("\"uid\" = encode(sha256($5::bytea || sha256($4::bytea"),
+            "{sql}"
+        );
         assert!(sql.contains("\"ip\" = NULL"), "{sql}");
         assert!(sql.contains("\"agent\" = '[erased]'"), "{sql}");
     }
@@ -283,9 +312,22 @@ mod tests {
     #[test]
     fn remaining_rows_of_a_child_are_counted_through_its_parents() {
         let c = Catalog::parse(TREE, Source::BuiltIn).unwrap();
-        let attachments = c.stores.iter().position(|s| s.name == "attachments").unwrap();
+        let attachments = c
+            .stores
+            .iter()
+            .position(|s| s.name == "attachments")
+            .unwrap();
         let sql = remaining(&c, attachments);
-        assert!(sql.starts_with("SELECT x2.\"bot_id\"::text AS bot, count(*) FROM \"chat\".\"attachments\" x0"), "{sql}");
-        assert!(sql.contains("x2.\"UserId\" = ANY($1) AND x2.\"bot_id\" = ANY($2)"), "{sql}");
+        let sql = sql.as_str();
+        assert!(
+            sql.starts_with(
+                "SELECT x2.\"bot_id\"::text AS bot, count(*) FROM \"chat\".\"attachments\" x0"
+            ),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("x2.\"UserId\" = ANY($1) AND x2.\"bot_id\" = ANY($2)"),
+            "{sql}"
+        );
     }
 }

@@ -71,7 +71,10 @@ fn a_full_catalog_parses_with_children_ordered_after_their_parents() {
     "#;
     let c = Catalog::parse(text, Source::BuiltIn).unwrap();
     let names: Vec<&str> = c.stores.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["conversations", "messages", "attachments", "analytics"]);
+    assert_eq!(
+        names,
+        ["conversations", "messages", "attachments", "analytics"]
+    );
     assert_eq!(c.descendants(0), [2, 1], "attachments before messages");
     assert_eq!(c.roots().map(|(i, _)| i).collect::<Vec<_>>(), [0, 3]);
     assert_eq!(c.database_of(2), None);
@@ -93,14 +96,23 @@ fn toml_errors_say_where() {
 
 #[test]
 fn store_names_are_checked_and_unique() {
-    refused(&ROOT.replace("\"conversations\"", "\"Conversations\""), "store \"Conversations\": name:");
-    refused(&format!("{ROOT}{ROOT}"), "store \"conversations\": name: declared twice");
+    refused(
+        &ROOT.replace("\"conversations\"", "\"Conversations\""),
+        "store \"Conversations\": name:",
+    );
+    refused(
+        &format!("{ROOT}{ROOT}"),
+        "store \"conversations\": name: declared twice",
+    );
 }
 
 #[test]
 fn hostile_and_malformed_names_are_refused_naming_the_field() {
     refused(
-        &ROOT.replace("platform.conversations", "x\\\"; DROP TABLE platform.users; --"),
+        &ROOT.replace(
+            "platform.conversations",
+            "x\\\"; DROP TABLE platform.users; --",
+        ),
         "store \"conversations\": table: \"x\\\"; DROP TABLE platform.users; --\" opens a quote it does not close",
     );
     refused(
@@ -111,7 +123,10 @@ fn hostile_and_malformed_names_are_refused_naming_the_field() {
         &ROOT.replace("\"user_id\"", "\"user id\""),
         "store \"conversations\": user_column: \"user id\" is not a name",
     );
-    refused(&ROOT.replace("platform.conversations", "a.b.c"), "table: \"a.b.c\" is not [schema.]table");
+    refused(
+        &ROOT.replace("platform.conversations", "a.b.c"),
+        "table: \"a.b.c\" is not [schema.]table",
+    );
 }
 
 #[test]
@@ -133,10 +148,25 @@ fn children_are_checked() {
             "{ROOT}\n[[stores]]\nname = \"messages\"\ntable = \"chat.messages\"\n{extra}\nparent = {{ store = \"{parent}\", column = \"conversation_id\", references = \"id\" }}\n"
         )
     };
-    refused(&child("nope", ""), "store \"messages\": parent.store: no store is named \"nope\"");
-    refused(&child("conversations", "user_column = \"user_id\""), "store \"messages\": parent: a child store has no user_column");
-    refused(&child("conversations", "database = \"analytics\"\n"), "store \"messages\": database:");
-    refused(&child("conversations", "action = \"anonymize\"\nanonymize = { x = \"null\" }"), "store \"messages\": action: a child store is deleted with its parent");
+    refused(
+        &child("nope", ""),
+        "store \"messages\": parent.store: no store is named \"nope\"",
+    );
+    refused(
+        &child("conversations", "user_column = \"user_id\""),
+        "store \"messages\": parent: a child store has no user_column",
+    );
+    refused(
+        &child("conversations", "database = \"analytics\"\n"),
+        "store \"messages\": database:",
+    );
+    refused(
+        &child(
+            "conversations",
+            "action = \"anonymize\"\nanonymize = { x = \"null\" }",
+        ),
+        "store \"messages\": action: a child store is deleted with its parent",
+    );
     let cycle = r#"
         [[stores]]
         name = "a"
@@ -152,21 +182,55 @@ fn children_are_checked() {
 
 #[test]
 fn databases_are_declared_and_named_by_variable() {
-    refused(&ROOT.replace("bot_column = \"bot_id\"", "bot_column = \"bot_id\"\ndatabase = \"analytics\""), "store \"conversations\": database: no [databases.analytics] is declared");
-    refused(&format!("[databases.analytics]\nurl_env = \"postgres://u:p@h/db\"\n{ROOT}"), "databases.analytics.url_env: \"postgres://u:p@h/db\" is not an environment variable's name");
+    refused(
+        &ROOT.replace(
+            "bot_column = \"bot_id\"",
+            "bot_column = \"bot_id\"\ndatabase = \"analytics\"",
+        ),
+        "store \"conversations\": database: no [databases.analytics] is declared",
+    );
+    refused(
+        &format!("[databases.analytics]\nurl_env = \"postgres://u:p@h/db\"\n{ROOT}"),
+        "databases.analytics.url_env: \"postgres://u:p@h/db\" is not an environment variable's name",
+    );
 }
 
 #[test]
 fn anonymize_is_checked() {
     let anon = |action: &str, columns: &str| {
-        ROOT.replace("bot_column = \"bot_id\"", &format!("bot_column = \"bot_id\"\naction = \"{action}\"\n{columns}"))
+        ROOT.replace(
+            "bot_column = \"bot_id\"",
+            &format!("bot_column = \"bot_id\"\naction = \"{action}\"\n{columns}"),
+        )
     };
-    refused(&anon("anonymize", ""), "store \"conversations\": anonymize: list the columns");
-    refused(&anon("anonymize", "anonymize = { ip = \"null\" }"), "anonymize: must overwrite the user column user_id");
-    refused(&anon("anonymize", "anonymize = { user_id = \"scramble\" }"), "anonymize.user_id: \"scramble\" is not");
-    refused(&anon("delete", "anonymize = { user_id = \"hmac\" }"), "anonymize: only a store with action = \"anonymize\"");
-    refused(&anon("shred", ""), "action: \"shred\" is not \"delete\" or \"anonymize\"");
-    let ok = Catalog::parse(&anon("anonymize", "anonymize = { user_id = \"hmac\", note = \"redact\" }"), Source::BuiltIn).unwrap();
+    refused(
+        &anon("anonymize", ""),
+        "store \"conversations\": anonymize: list the columns",
+    );
+    refused(
+        &anon("anonymize", "anonymize = { ip = \"null\" }"),
+        "anonymize: must overwrite the user column user_id",
+    );
+    refused(
+        &anon("anonymize", "anonymize = { user_id = \"scramble\" }"),
+        "anonymize.user_id: \"scramble\" is not",
+    );
+    refused(
+        &anon("delete", "anonymize = { user_id = \"hmac\" }"),
+        "anonymize: only a store with action = \"anonymize\"",
+    );
+    refused(
+        &anon("shred", ""),
+        "action: \"shred\" is not \"delete\" or \"anonymize\"",
+    );
+    let ok = Catalog::parse(
+        &anon(
+            "anonymize",
+            "anonymize = { user_id = \"hmac\", note = \"redact\" }",
+        ),
+        Source::BuiltIn,
+    )
+    .unwrap();
     assert_eq!(ok.stores[0].action.name(), "anonymize");
 }
 

@@ -1,7 +1,7 @@
 //! The types settings parse into, their parsers (each with its range), and how
 //! `erasure config` shows them (secrets masked, credentials cut out of URLs).
 
-use std::{net::SocketAddr, str::FromStr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 /// A setting's value: how it is shown by `erasure config`, and whether it is kept out of
 /// errors and the ConfigMap.
@@ -25,6 +25,13 @@ impl Value for Duration {
         } else {
             format!("{}ms", self.as_millis())
         }
+    }
+}
+
+impl Value for Option<PathBuf> {
+    fn show(&self) -> String {
+        self.as_ref()
+            .map_or_else(|| "(built-in)".into(), |p| p.display().to_string())
     }
 }
 
@@ -258,4 +265,10 @@ pub fn secret(dev: &'static [u8]) -> impl Fn(&str) -> Result<Secret, String> {
             configured: true,
         })
     }
+}
+
+/// A file's path; empty: none.
+pub fn optional_path(raw: &str) -> Result<Option<PathBuf>, String> {
+    let raw = raw.trim();
+    Ok((!raw.is_empty()).then(|| PathBuf::from(raw)))
 }

@@ -27,6 +27,7 @@ use sqlx::PgPool;
 use tracing::Instrument;
 
 use crate::{
+    catalog::Catalog,
     config::Config,
     contract::{
         self, Accepted, ERASE_ROUTING_KEY, EraseMessage, ErrorBody, FieldError, Limits, RequestId,
@@ -48,6 +49,8 @@ pub const STATUS_PATH: &str = "/api/public/bot/eraseUsersData/status/{request_id
 #[derive(Clone)]
 pub struct IntakeState {
     pub pool: PgPool,
+    /// The target catalog: its stores are the keys of a status document's counts.
+    pub catalog: Arc<Catalog>,
     pub config: Arc<Config>,
     pub limits: Limits,
     pub publisher: Arc<Publisher>,
@@ -359,7 +362,7 @@ async fn status(
     let Some(id) = RequestId::parse(&request_id) else {
         return not_found();
     };
-    match requests::status_document(&state.pool, &id, Some(&app.account_id)).await {
+    match requests::status_document(&state.pool, &state.catalog, &id, Some(&app.account_id)).await {
         Ok(Some(doc)) => Json(doc).into_response(),
         Ok(None) => not_found(),
         Err(e) => {

@@ -6,9 +6,8 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use super::outbox::OutboxMessage;
 use crate::{
-    contract::{
-        self, EraseRequest, Progress, RowsDeleted, StatusDocument, UserEntry, UserResponse,
-    },
+    catalog::{ANONYMIZE, Catalog, DELETE},
+    contract::{self, EraseRequest, Progress, StatusDocument, StoreRows, UserEntry, UserResponse},
     domain::{
         AccountId, PlatformUserId, RequestId, RequestStatus, UserOutcome, UserRef, UserStatus,
     },
@@ -377,9 +376,6 @@ struct StatusRow {
     tasks_total: i32,
     tasks_done: i32,
     failure_reason: Option<String>,
-    conversations: i64,
-    sessions: i64,
-    analytics: i64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -394,18 +390,15 @@ struct UserRow {
 /// `account_id` is `None`, for operators).
 pub async fn status_document(
     pool: &PgPool,
+    catalog: &Catalog,
     id: &RequestId,
     account_id: Option<&AccountId>,
 ) -> Result<Option<StatusDocument>, sqlx::Error> {
     let row: Option<StatusRow> = sqlx::query_as(
-        "SELECT r.request_id, r.status, r.created_at, r.updated_at, r.completed_at,
-                r.remove_data_from_all_bots, r.tasks_total, r.tasks_done, r.failure_reason,
-                COALESCE(sum(t.rows_conversations), 0)::bigint AS conversations,
-                COALESCE(sum(t.rows_sessions), 0)::bigint AS sessions,
-                COALESCE(sum(t.rows_analytics), 0)::bigint AS analytics
-           FROM erasure.requests r LEFT JOIN erasure.task_totals t USING (request_id)
-          WHERE r.request_id = $1 AND ($2::text IS NULL OR r.account_id = $2)
-          GROUP BY r.request_id",
+        "SELECT request_id, status, created_at, updated_at, completed_at,
+                remove_data_from_all_bots, tasks_total, tasks_done, failure_reason
+           FROM erasure.requests
+          WHERE request_id = $1 AND ($2::text IS NULL OR account_id = $2)",
     )
     .bind(id)
     .bind(account_id)
@@ -427,6 +420,7 @@ pub async fn status_document(
             reason: u.reason,
         })
         .collect();
+    let progress = progress(pool, catalog, &r).await?;
     Ok(Some(StatusDocument {
         id: r.request_id.clone(),
         request_id: r.request_id,
@@ -436,17 +430,47 @@ pub async fn status_document(
         completed_on: r.completed_at.map(contract::format_time),
         remove_data_from_all_bots: r.remove_data_from_all_bots,
         response,
-        progress: Progress {
-            tasks_total: r.tasks_total,
-            tasks_done: r.tasks_done,
-            rows_deleted: RowsDeleted {
-                conversations: r.conversations,
-                sessions: r.sessions,
-                analytics: r.analytics,
-            },
-        },
+        progress,
         failure_reason: r.failure_reason,
     }))
+}
+
+/// The request's tasks and rows per store: one key per store of the catalog (0 until it
+/// erases something), in its order, then any store the request erased that the catalog no
+/// longer names.
+async fn progress(
+    pool: &PgPool,
+    catalog: &Catalog,
+    r: &StatusRow,
+) -> Result<Progress, sqlx::Error> {
+    let counted: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT store, action, sum(rows)::bigint FROM erasure.task_rows
+          WHERE request_id = $1 GROUP BY store, action",
+    )
+    .bind(&r.request_id)
+    .fetch_all(pool)
+    .await?;
+    let of = |action: &str| {
+        let mut rows: Vec<(String, i64)> = catalog
+            .names(action)
+            .into_iter()
+            .map(|store| (store.to_string(), 0))
+            .collect();
+        for (store, _, n) in counted.iter().filter(|(_, a, _)| a == action) {
+            match rows.iter_mut().find(|(s, _)| s == store) {
+                Some((_, total)) => *total += n,
+                None => rows.push((store.clone(), *n)),
+            }
+        }
+        StoreRows(rows)
+    };
+    let anonymized = of(ANONYMIZE);
+    Ok(Progress {
+        tasks_total: r.tasks_total,
+        tasks_done: r.tasks_done,
+        rows_deleted: of(DELETE),
+        rows_anonymized: (!anonymized.0.is_empty()).then_some(anonymized),
+    })
 }
 
 /// A line of `erasure requests list`.

@@ -78,29 +78,106 @@ pub async fn load(
     })
 }
 
-/// Adds rows deleted per bot (`bots`, `rows` in the same order) from `store` to the request's
-/// tasks, in the transaction that deleted them, so the counts are exact; returns their sum.
+/// Rows one batch erased from one store, per bot (`bots` and `rows` in the same order).
+#[derive(Clone, Copy, Debug)]
+pub struct Counted<'a> {
+    pub store: &'a str,
+    /// `delete` or `anonymize`.
+    pub action: &'a str,
+    pub bots: &'a [BotId],
+    pub rows: &'a [i64],
+}
+
+/// Adds a batch's counts to the request's tasks, in the transaction that erased the rows, so
+/// that they are exact.
 pub async fn count_rows(
     tx: &mut Transaction<'_, Postgres>,
     request: &RequestId,
-    store: &str,
-    bots: &[BotId],
-    rows: &[i64],
-) -> Result<u64, sqlx::Error> {
-    if !bots.is_empty() {
-        sqlx::query(
-            "INSERT INTO erasure.task_rows AS t (request_id, bot_id, store, rows)
-             SELECT $1, c.bot_id, $2, c.rows FROM unnest($3::text[], $4::bigint[]) AS c(bot_id, rows)
-             ON CONFLICT (request_id, bot_id, store) DO UPDATE SET rows = t.rows + excluded.rows",
-        )
-        .bind(request)
-        .bind(store)
-        .bind(bots)
-        .bind(rows)
-        .execute(&mut **tx)
-        .await?;
+    counted: &[Counted<'_>],
+) -> Result<(), sqlx::Error> {
+    let mut stores = Vec::new();
+    let mut actions = Vec::new();
+    let mut bots = Vec::new();
+    let mut rows = Vec::new();
+    for c in counted {
+        for (bot, n) in c.bots.iter().zip(c.rows) {
+            stores.push(c.store);
+            actions.push(c.action);
+            bots.push(bot.as_str());
+            rows.push(*n);
+        }
     }
-    Ok(rows.iter().sum::<i64>().max(0) as u64)
+    if stores.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO erasure.task_rows AS t (request_id, store, action, bot_id, rows)
+         SELECT $1, c.store, c.action, c.bot, c.rows
+           FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[]) AS c(store, action, bot, rows)
+         ON CONFLICT (request_id, bot_id, store) DO UPDATE SET rows = t.rows + excluded.rows",
+    )
+    .bind(request)
+    .bind(&stores)
+    .bind(&actions)
+    .bind(&bots)
+    .bind(&rows)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// One batch's count of one store and bot in another database's ledger.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct LedgerEntry {
+    pub batch_id: uuid::Uuid,
+    pub request_id: RequestId,
+    pub store: String,
+    pub action: String,
+    pub bot_id: BotId,
+    pub rows: i64,
+}
+
+/// The ledger's columns, for binding as arrays.
+pub fn ledger_columns(entries: &[LedgerEntry]) -> (Vec<&str>, Vec<&str>, Vec<&str>, Vec<i64>) {
+    let stores = entries.iter().map(|e| e.store.as_str()).collect();
+    let actions = entries.iter().map(|e| e.action.as_str()).collect();
+    let bots = entries.iter().map(|e| e.bot_id.as_str()).collect();
+    let rows = entries.iter().map(|e| e.rows).collect();
+    (stores, actions, bots, rows)
+}
+
+/// Adds counts forwarded from another database's ledger, each batch once: a batch id already
+/// taken (by an earlier forward, or a concurrent one that commits first) adds nothing.
+pub async fn count_forwarded(
+    pool: &PgPool,
+    database: &str,
+    entries: &[LedgerEntry],
+) -> Result<(), sqlx::Error> {
+    let batches: Vec<uuid::Uuid> = entries.iter().map(|e| e.batch_id).collect();
+    let requests: Vec<&str> = entries.iter().map(|e| e.request_id.as_str()).collect();
+    let (stores, actions, bots, rows) = ledger_columns(entries);
+    sqlx::query(
+        "WITH e AS (SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])
+                            AS e(batch_id, request_id, store, action, bot_id, rows)),
+              new AS (INSERT INTO erasure.forwarded_batches (batch_id, database)
+                      SELECT DISTINCT batch_id, $1 FROM e
+                      ON CONFLICT DO NOTHING RETURNING batch_id)
+         INSERT INTO erasure.task_rows AS t (request_id, bot_id, store, action, rows)
+         SELECT e.request_id, e.bot_id, e.store, e.action, sum(e.rows)
+           FROM e JOIN new USING (batch_id)
+          GROUP BY e.request_id, e.bot_id, e.store, e.action
+         ON CONFLICT (request_id, bot_id, store) DO UPDATE SET rows = t.rows + excluded.rows",
+    )
+    .bind(database)
+    .bind(&batches)
+    .bind(&requests)
+    .bind(&stores)
+    .bind(&actions)
+    .bind(&bots)
+    .bind(&rows)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// What the complete arrow did.

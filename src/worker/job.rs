@@ -16,13 +16,14 @@ use tracing::Instrument;
 use super::{Ctx, dead};
 use crate::{
     domain::{AccountId, RequestId},
+    erase::DbError,
     queue::{
         self,
         consumer::{Handler, Outcome},
         publisher::Publisher,
     },
     retry::Transient,
-    store::{self, dead_letters::Subject, outbox::OutboxMessage},
+    store::{dead_letters::Subject, outbox::OutboxMessage},
 };
 
 /// A kind of message the workers consume.
@@ -101,10 +102,10 @@ impl Step {
 /// Why a job did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    /// The database went away and stayed away beyond the retry budget: the message is handed
-    /// back, and that does not count as a delivery.
-    #[error("{}", store::describe(.0))]
-    Transient(sqlx::Error),
+    /// A database went away and stayed away beyond the retry budget: the message is handed
+    /// back, and that does not count as a delivery. The reason names the database, not data.
+    #[error("{0}")]
+    Transient(String),
     /// The message breaks a rule of the contract: it can never succeed as sent.
     #[error("{0}")]
     Refused(String),
@@ -119,10 +120,22 @@ pub enum JobError {
 
 impl From<sqlx::Error> for JobError {
     fn from(e: sqlx::Error) -> Self {
-        if store::is_transient(&e) {
-            Self::Transient(e)
+        Self::of(&e)
+    }
+}
+
+impl From<DbError> for JobError {
+    fn from(e: DbError) -> Self {
+        Self::of(&e)
+    }
+}
+
+impl JobError {
+    fn of(e: &impl Transient) -> Self {
+        if e.is_transient() {
+            Self::Transient(e.describe())
         } else {
-            Self::Permanent(store::describe(&e))
+            Self::Permanent(e.describe())
         }
     }
 }
@@ -175,7 +188,7 @@ impl<J: Job> Runner<J> {
                 Outcome::Ack
             }
             Err(JobError::Transient(e)) => {
-                tracing::warn!(error = %store::describe(&e), "interrupted; handing the message back");
+                tracing::warn!(error = %e, "interrupted; handing the message back");
                 self.hand_back(&queue::message_id(props), data).await
             }
             Err(e) => {

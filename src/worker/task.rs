@@ -13,10 +13,10 @@ use super::{
     job::{Job, JobError, Poison, Step},
 };
 use crate::{
+    catalog::Action,
     contract::{RequestId, TASK_ROUTING_KEY, TaskMessage},
     domain::{BotId, PlatformUserId, TaskStatus},
-    erase::{self, Store},
-    retry,
+    erase, retry,
     store::{self, dead_letters::Subject, requests, tasks},
 };
 
@@ -167,65 +167,78 @@ async fn recheck(
     .await?)
 }
 
-/// Runs the three stores at once, each on its own connection: they are separate tables, so
+/// Runs the root stores at once, each on its own connection: they are separate tables, so
 /// their statements share no pages and no locks, and the database works them on as many
-/// cores as it has. Returns the rows deleted and whether every store drained.
+/// cores as it has. Returns the rows erased and whether every store drained.
 async fn erase_slice(
     ctx: &Ctx,
     target: &erase::Target<'_>,
     stop: &CancellationToken,
 ) -> Result<(u64, bool), JobError> {
-    let stores = Store::ALL.map(|store| drain(ctx, target, store, stop));
-    let mut deleted = 0;
+    let roots = ctx
+        .targets
+        .roots()
+        .map(|root| drain(ctx, target, root, stop));
+    let mut erased = 0;
     let mut drained = true;
-    for outcome in futures_util::future::join_all(stores).await {
+    for outcome in futures_util::future::join_all(roots).await {
         let (rows, store_drained) = outcome?;
-        deleted += rows;
+        erased += rows;
         drained &= store_drained;
     }
-    Ok((deleted, drained))
+    Ok((erased, drained))
 }
 
-/// Deletes the target's rows from one store, batch by batch, until a batch proves the store
-/// drained (`true`) or the slice's budget is spent or shutdown begins (`false`). Returns the
-/// rows deleted.
+/// Erases the target's rows from one root store (and its children), batch by batch, until a
+/// batch proves the store drained (`true`) or the slice's budget is spent or shutdown begins
+/// (`false`). Returns the rows erased.
 async fn drain(
     ctx: &Ctx,
     target: &erase::Target<'_>,
-    store: Store,
+    root: usize,
     stop: &CancellationToken,
 ) -> Result<(u64, bool), JobError> {
+    let name = ctx.targets.catalog.stores[root].name.clone();
     let limit = ctx.throttle.batch(ctx.config.worker.batch_size);
-    let mut deleted = 0;
+    let mut erased = 0;
     for round in 0..ctx.config.worker.batches_per_slice {
         if stop.is_cancelled() || !ctx.throttle.reserve(&ctx.pool, limit as u64, stop).await? {
             break;
         }
         let started = Instant::now();
         let batch = retry::transient("delete_batch", || {
-            erase::delete_batch(&ctx.pool, store, target, limit, round == 0)
+            ctx.targets.batch(root, target, limit, round == 0)
         })
         .await?;
         let took = started.elapsed().as_secs_f64();
-        metrics::histogram!("erasure_delete_batch_seconds", "store" => store.name()).record(took);
-        tracing::trace!(
-            store = store.name(),
-            rows = batch.deleted,
-            drained = batch.drained,
-            seconds = took,
-            "batch"
-        );
-        metrics::counter!("erasure_rows_deleted_total", "store" => store.name())
-            .increment(batch.deleted);
-        ctx.throttle
-            .refund(&ctx.pool, (limit as u64).saturating_sub(batch.deleted))
-            .await?;
-        deleted += batch.deleted;
+        metrics::histogram!("erasure_delete_batch_seconds", "store" => name.clone()).record(took);
+        let rows = record_rows(ctx, &batch);
+        tracing::trace!(store = %name, rows, drained = batch.drained, seconds = took, "batch");
+        ctx.throttle.settle(&ctx.pool, limit as u64, rows).await?;
+        erased += rows;
         if batch.drained {
-            return Ok((deleted, true));
+            return Ok((erased, true));
         }
     }
-    Ok((deleted, false))
+    Ok((erased, false))
+}
+
+/// Counts a batch's rows in the metrics, per store and action; returns their sum.
+fn record_rows(ctx: &Ctx, batch: &erase::Batch) -> u64 {
+    let mut sum = 0;
+    for s in &batch.stores {
+        let store = &ctx.targets.catalog.stores[s.store];
+        let label = store.name.clone();
+        match store.action {
+            Action::Delete => metrics::counter!("erasure_rows_deleted_total", "store" => label),
+            Action::Anonymize(_) => {
+                metrics::counter!("erasure_rows_anonymized_total", "store" => label)
+            }
+        }
+        .increment(s.total());
+        sum += s.total();
+    }
+    sum
 }
 
 /// The messages that continue `bots` at `slice`: two halves when there are several, so that

@@ -689,3 +689,43 @@ async fn every_probed_path_is_a_route_of_both_roles() {
         svc.shutdown().await;
     }
 }
+
+#[test]
+fn the_target_catalog_ships_as_a_configmap_mounted_where_erasure_targets_points() {
+    use erasure::catalog::{Catalog, Source};
+    let file = std::fs::read_to_string(deploy_dir().join("targets.toml")).unwrap();
+    let objects = objects();
+    let shipped = object(&objects, "ConfigMap", "erasure-targets")["data"]["targets.toml"]
+        .as_str()
+        .expect("the ConfigMap holds targets.toml")
+        .to_string();
+    assert_eq!(shipped.trim(), file.trim(), "deploy/targets.toml and the ConfigMap agree");
+    let catalog = Catalog::parse(&file, Source::File("deploy/targets.toml".into()))
+        .unwrap_or_else(|p| panic!("deploy/targets.toml: {p:?}"));
+    assert_eq!(
+        catalog.digest,
+        Catalog::built_in().digest,
+        "the shipped catalog is the built-in one written out"
+    );
+    let vars = k8s_settings(&objects);
+    let path = Path::new(&vars["ERASURE_TARGETS"]);
+    for name in ["erasure-intake", "erasure-worker"] {
+        let pod = &object(&objects, "Deployment", name)["spec"]["template"]["spec"];
+        let volume = pod["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["configMap"]["name"] == "erasure-targets")
+            .unwrap_or_else(|| panic!("{name} mounts erasure-targets"));
+        let mounted = containers(pod)
+            .iter()
+            .flat_map(|c| c["volumeMounts"].as_array().cloned().unwrap_or_default())
+            .find(|m| m["name"] == volume["name"])
+            .unwrap_or_else(|| panic!("{name} mounts the volume"));
+        assert_eq!(
+            Path::new(mounted["mountPath"].as_str().unwrap()).join("targets.toml"),
+            path,
+            "{name}: ERASURE_TARGETS names the mounted file"
+        );
+    }
+}

@@ -61,9 +61,9 @@ async fn an_erase_request_deletes_every_target_row_and_nothing_else() {
     assert_eq!(doc.id, id);
     assert_eq!(doc.progress.tasks_total, 2);
     assert_eq!(doc.progress.tasks_done, 2);
-    assert_eq!(doc.progress.rows_deleted.conversations, 28);
-    assert_eq!(doc.progress.rows_deleted.sessions, 28);
-    assert_eq!(doc.progress.rows_deleted.analytics, 28);
+    assert_eq!(doc.progress.rows_deleted.get("conversations"), 28);
+    assert_eq!(doc.progress.rows_deleted.get("sessions"), 28);
+    assert_eq!(doc.progress.rows_deleted.get("analytics"), 28);
     assert!(doc.completed_on.is_some());
     assert!(doc.response.iter().all(|u| u.status == "SUCCESS"));
     svc.shutdown().await;
@@ -143,6 +143,6 @@ async fn a_request_over_many_bots_continues_in_halves_and_counts_every_bot_exact
     );
     let doc = api.status_doc(&token, &id).await;
     assert_eq!((doc.progress.tasks_total, doc.progress.tasks_done), (5, 5));
-    assert_eq!(doc.progress.rows_deleted.conversations, 60);
+    assert_eq!(doc.progress.rows_deleted.get("conversations"), 60);
     svc.shutdown().await;
 }

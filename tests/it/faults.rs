@@ -648,7 +648,7 @@ async fn a_message_put_back_after_a_transient_failure_does_not_count_a_delivery(
 
     // What the runner does when the database stays away past the retry budget.
     let publisher = std::sync::Arc::new(Publisher::new(AMQP_URL, "test-retry", env.topology()));
-    let ctx = std::sync::Arc::new(Ctx::new(env.pool.clone(), env.config()));
+    let ctx = std::sync::Arc::new(Ctx::built_in(env.pool.clone(), env.config()));
     let runner = Runner::new(TaskJob, ctx, publisher.clone());
     let outcome = runner.hand_back("eud-transient/st-1/0", payload).await;
     assert_eq!(outcome, Outcome::Ack);

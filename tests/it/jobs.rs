@@ -64,7 +64,7 @@ fn queued(step: &Step) -> Vec<TaskMessage> {
 async fn planning_decides_every_user_and_queues_one_message_for_the_bots() {
     let env = TestEnv::new().await;
     let bots = platform(&env, 3).await;
-    let ctx = Ctx::new(env.pool.clone(), env.config());
+    let ctx = Ctx::built_in(env.pool.clone(), env.config());
     let msg = message(&["u-1", "u-9", "nobody"], &bots);
 
     let step = plan::plan(&ctx, &msg).await.unwrap();
@@ -101,7 +101,7 @@ async fn planning_decides_every_user_and_queues_one_message_for_the_bots() {
 async fn a_request_with_no_one_to_erase_settles_at_planning() {
     let env = TestEnv::new().await;
     let bots = platform(&env, 1).await;
-    let ctx = Ctx::new(env.pool.clone(), env.config());
+    let ctx = Ctx::built_in(env.pool.clone(), env.config());
     let msg = message(&["u-9"], &bots);
     let step = plan::plan(&ctx, &msg).await.unwrap();
     assert!(matches!(step, Step::SettledAtPlanning), "{step:?}");
@@ -116,7 +116,7 @@ async fn a_bot_of_another_account_is_refused_at_planning_and_nothing_is_planned(
     let env = TestEnv::new().await;
     let bots = platform(&env, 1).await;
     let other = env.account("acct-other", 1).await;
-    let ctx = Ctx::new(env.pool.clone(), env.config());
+    let ctx = Ctx::built_in(env.pool.clone(), env.config());
     let msg = message(&["u-1"], &[bots[0].clone(), BotId::new(&other[0])]);
     match plan::plan(&ctx, &msg).await {
         Err(JobError::Refused(reason)) => {
@@ -138,7 +138,7 @@ async fn a_bot_of_another_account_is_refused_at_planning_and_nothing_is_planned(
 async fn a_task_step_drains_its_bots_counts_each_row_once_and_settles_the_request() {
     let env = TestEnv::new().await;
     let bots = platform(&env, 2).await;
-    let ctx = Ctx::new(env.pool.clone(), env.config());
+    let ctx = Ctx::built_in(env.pool.clone(), env.config());
     let msg = message(&["u-1", "u-9"], &bots);
     let tasks = queued(&plan::plan(&ctx, &msg).await.unwrap());
     let stop = CancellationToken::new();
@@ -177,7 +177,7 @@ async fn a_slice_that_runs_out_continues_in_two_halves_and_its_old_copy_is_stale
     ])
     .await;
     let bots = platform(&env, 4).await;
-    let ctx = Ctx::new(env.pool.clone(), env.config());
+    let ctx = Ctx::built_in(env.pool.clone(), env.config());
     let msg = message(&["u-1"], &bots);
     let first = queued(&plan::plan(&ctx, &msg).await.unwrap());
     let stop = CancellationToken::new();
@@ -212,7 +212,7 @@ async fn a_slice_that_runs_out_continues_in_two_halves_and_its_old_copy_is_stale
 #[tokio::test]
 async fn a_task_message_whose_request_was_never_planned_is_an_unknown_task() {
     let env = TestEnv::new().await;
-    let ctx = Ctx::new(env.pool.clone(), env.config());
+    let ctx = Ctx::built_in(env.pool.clone(), env.config());
     let msg = TaskMessage::new(&RequestId::generate(), &[BotId::new("st-x")], 0);
     let stop = CancellationToken::new();
     assert!(matches!(
@@ -224,7 +224,7 @@ async fn a_task_message_whose_request_was_never_planned_is_an_unknown_task() {
 #[tokio::test]
 async fn unreadable_messages_are_poison_naming_what_they_can() {
     let env = TestEnv::new().await;
-    let ctx = Ctx::new(env.pool.clone(), env.config());
+    let ctx = Ctx::built_in(env.pool.clone(), env.config());
     let poison = PlanJob
         .parse(
             &ctx,

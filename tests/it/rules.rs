@@ -265,13 +265,13 @@ async fn erasing_the_same_user_twice_is_harmless() {
         .await
         .progress
         .rows_deleted
-        .conversations
+        .get("conversations")
         + api
             .status_doc(&token, b)
             .await
             .progress
             .rows_deleted
-            .conversations;
+            .get("conversations");
     assert_eq!(total, 10, "every row is counted by exactly one request");
     assert_eq!(env.count_rows("u-1", &bots[0]).await, 0);
     svc.shutdown().await;
@@ -293,7 +293,7 @@ async fn a_user_with_no_rows_in_the_bot_is_a_success_with_nothing_deleted() {
     let doc = api.status_doc(&token, id).await;
     assert_eq!(doc.response[0].status, "SUCCESS");
     assert_eq!(
-        doc.progress.rows_deleted.conversations + doc.progress.rows_deleted.sessions,
+        doc.progress.rows_deleted.get("conversations") + doc.progress.rows_deleted.get("sessions"),
         0
     );
     svc.shutdown().await;
@@ -333,7 +333,7 @@ async fn many_users_across_bots_are_erased_in_bounded_batches() {
     }
     assert_eq!(env.checksum_outside(&targets, &bot_refs).await, before);
     let doc = api.status_doc(&token, id).await;
-    assert_eq!(doc.progress.rows_deleted.conversations, 4 * 2 * 9);
+    assert_eq!(doc.progress.rows_deleted.get("conversations"), 4 * 2 * 9);
     let slices: i32 =
         sqlx::query_scalar("SELECT max(slice) FROM erasure.tasks WHERE request_id = $1")
             .bind(id)

@@ -702,7 +702,7 @@ async fn hostile_identifiers_are_refused_or_handled_as_plain_data() {
         );
         assert_eq!(outcome.status, "NOT_FOUND", "{given} matched nobody");
     }
-    assert_eq!(doc.progress.rows_deleted.conversations, 0);
+    assert_eq!(doc.progress.rows_deleted.get("conversations"), 0);
     assert_eq!(
         env.checksum_outside(&[], &[]).await,
         before,

@@ -1,6 +1,8 @@
 //! The `erasure` command line (DESIGN.md section 5), but for `erasure bench`, which the
 //! binary adds (`src/bin/erasure/bench/`).
 
+mod targets;
+
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, bail};
@@ -96,6 +98,21 @@ pub enum Command {
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
+    },
+    /// The target catalog (ERASURE_TARGETS).
+    Targets {
+        #[command(subcommand)]
+        command: TargetsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TargetsCommand {
+    /// Check the catalog against its databases: exit 0 when it is usable, 1 otherwise.
+    Check {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -254,6 +271,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Requests {
             command: RequestsCommand::List { status, limit },
         } => list_requests(&config, status, limit).await,
+        Command::Targets {
+            command: TargetsCommand::Check { json },
+        } => targets::check(&config, json).await,
         Command::Queue {
             command: QueueCommand::Stats,
         } => {
@@ -455,10 +475,7 @@ async fn status(
             bar.set_length(doc.progress.tasks_total.max(1) as u64);
             bar.set_position(doc.progress.tasks_done as u64);
             let rows = &doc.progress.rows_deleted;
-            bar.set_message(format!(
-                "{} rows deleted",
-                rows.conversations + rows.sessions + rows.analytics
-            ));
+            bar.set_message(format!("{} rows deleted", rows.total()));
             tokio::time::sleep(Duration::from_millis(500)).await;
             doc = fetch().await?;
         }
