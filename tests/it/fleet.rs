@@ -2,10 +2,11 @@
 //! Prometheus rules pass `promtool check rules` and their unit tests (every alert fires on a
 //! synthetic series and stays quiet on a healthy one), every metric the rules and the Grafana
 //! dashboard query is one the code records, the dashboard is a well-formed Grafana model whose
-//! every panel queries valid PromQL.
+//! every panel queries valid PromQL, and every Kubernetes manifest validates against the
+//! Kubernetes schemas (KEDA's objects against KEDA's own CRDs).
 //!
-//! promtool comes from scripts/services.sh (scripts/test runs it first); a missing tool fails
-//! the test and says so.
+//! promtool, python3 with kubernetes-validate, and pgbouncer come from scripts/services.sh
+//! (scripts/test runs it first); a missing tool fails the test and says so.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -13,7 +14,17 @@ use std::{
     process::{Command, Output},
 };
 
+use serde::Deserialize;
 use serde_json::Value;
+
+/// The Kubernetes release whose schemas the manifests are validated against: one that
+/// kubernetes-validate ships (1.25 to 1.37 in its release 1.37.0) and KEDA 2.20 supports.
+const KUBERNETES_VERSION: &str = "1.33.0";
+/// Kinds that are not Kubernetes API objects with a published schema, and how each is checked.
+const KEDA_KINDS: [&str; 2] = ["ScaledObject", "TriggerAuthentication"];
+/// kustomize's own file, read by `kubectl apply -k`, never sent to the API server: no schema
+/// ships for it offline. tests/it/deploy.rs checks that it lists every manifest.
+const KUSTOMIZATION: &str = "Kustomization";
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -56,6 +67,21 @@ pub fn require_tool(name: &str, package: &str) -> PathBuf {
                 "{name} is not installed ({package}): run scripts/services.sh, which installs it"
             )
         })
+}
+
+/// python3 with kubernetes-validate (and so PyYAML and jsonschema) importable.
+fn python_with_kubernetes_validate() -> PathBuf {
+    let python = require_tool("python3", "Debian package python3");
+    let ok = Command::new(&python)
+        .args(["-c", "import kubernetes_validate, jsonschema, yaml"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "kubernetes-validate (PyPI) is not installed for {python:?}: run scripts/services.sh, \
+         which installs it"
+    );
+    python
 }
 
 fn run(program: &Path, args: &[&str]) -> Output {
@@ -549,4 +575,170 @@ fn the_dashboard_is_a_grafana_model_whose_every_panel_queries_prometheus() {
         "dashboard PromQL: {}\n{file}",
         said(&out)
     );
+}
+
+// ---- Kubernetes manifests --------------------------------------------------------------------
+
+fn k8s_manifests() -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(repo().join("deploy/k8s"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .map(|p| {
+            p.strip_prefix(repo())
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    files
+}
+
+/// (kind, name) of every object in the manifests.
+fn k8s_objects(files: &[String]) -> Vec<(String, String)> {
+    let mut objects = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(repo().join(f)).unwrap();
+        for doc in serde_norway::Deserializer::from_str(&text) {
+            let v = Value::deserialize(doc).unwrap();
+            if v.is_null() {
+                continue;
+            }
+            objects.push((
+                v["kind"].as_str().unwrap().to_string(),
+                v["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            ));
+        }
+    }
+    objects
+}
+
+/// kubernetes-validate, strict (unknown fields are errors), offline.
+fn kubernetes_validate(python: &Path, files: &[String]) -> Output {
+    let mut args = vec![
+        "-m",
+        "kubernetes_validate",
+        "--strict",
+        "--kubernetes-version",
+        KUBERNETES_VERSION,
+    ];
+    args.extend(files.iter().map(String::as_str));
+    run(python, &args)
+}
+
+#[test]
+fn every_kubernetes_manifest_validates_against_the_kubernetes_schemas() {
+    let python = python_with_kubernetes_validate();
+    let files = k8s_manifests();
+    let out = kubernetes_validate(&python, &files);
+    assert!(out.status.success(), "kubernetes-validate: {}", said(&out));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let version = KUBERNETES_VERSION.rsplit_once('.').unwrap().0;
+    // Each object of a Kubernetes kind was validated, and passed; only the kinds without a
+    // published schema were not (checked below, and in tests/it/deploy.rs).
+    for (kind, name) in k8s_objects(&files) {
+        if KEDA_KINDS.contains(&kind.as_str()) || kind == KUSTOMIZATION {
+            assert!(
+                text.contains(&format!("Couldn't find schema for kind {kind}")),
+                "{kind} has no built-in schema: {text}"
+            );
+            continue;
+        }
+        let passed = format!(
+            "passed for resource {}/{name} against version {version}",
+            kind.to_lowercase()
+        );
+        assert!(
+            text.contains(&passed),
+            "{kind} {name} was not validated: {text}"
+        );
+    }
+
+    // It really validates: a Deployment with a misspelt field and a port given as text fails.
+    let dir = TempDir::new("k8s");
+    let bad = dir.write(
+        "bad.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: bad\nspec:\n  selector:\n    \
+         matchLabels: {app: bad}\n  template:\n    metadata:\n      labels: {app: bad}\n    spec:\n      \
+         containers:\n        - name: c\n          image: x\n          ports:\n            \
+         - containerPort: \"http\"\n          readinessProbes: {}\n",
+    );
+    let out = kubernetes_validate(&python, &[bad.to_str().unwrap().to_string()]);
+    assert!(
+        !out.status.success(),
+        "a broken Deployment passed: {}",
+        said(&out)
+    );
+}
+
+#[test]
+fn keda_objects_validate_against_kedas_own_crds() {
+    let python = python_with_kubernetes_validate();
+    let crds = repo().join("tests/fixtures/keda");
+    let crd_args = |files: &[String]| -> Vec<String> {
+        let mut args = vec![
+            repo()
+                .join("scripts/crd_validate.py")
+                .to_str()
+                .unwrap()
+                .to_string(),
+        ];
+        for crd in [
+            "keda.sh_scaledobjects.yaml",
+            "keda.sh_triggerauthentications.yaml",
+        ] {
+            args.push("--crd".into());
+            args.push(crds.join(crd).to_str().unwrap().to_string());
+        }
+        args.extend(files.iter().cloned());
+        args
+    };
+    let files = k8s_manifests();
+    let args = crd_args(&files);
+    let out = run(
+        &python,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(out.status.success(), "crd_validate.py: {}", said(&out));
+    let results: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for kind in KEDA_KINDS {
+        let of_kind: Vec<_> = results.iter().filter(|r| r["kind"] == kind).collect();
+        assert!(!of_kind.is_empty(), "no {kind} in deploy/k8s");
+        for r in of_kind {
+            assert_eq!(r["result"], "valid", "{r}");
+        }
+    }
+
+    // The CRD schema is really applied: a string where KEDA wants a number, a number where it
+    // wants a string, and a field it does not know are three errors.
+    let dir = TempDir::new("keda");
+    let bad = dir.write(
+        "bad.yaml",
+        "apiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata:\n  name: bad\nspec:\n  \
+         scaleTargetRef: {name: erasure-worker}\n  minReplicaCount: \"one\"\n  triggers:\n    \
+         - type: rabbitmq\n      metadata: {queueName: erasure.tasks, value: 20}\n      bogus: true\n",
+    );
+    let args = crd_args(&[bad.to_str().unwrap().to_string()]);
+    let out = run(
+        &python,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(
+        !out.status.success(),
+        "a broken ScaledObject passed: {}",
+        said(&out)
+    );
+    let line: Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap())
+        .unwrap_or_else(|e| panic!("{e}: {}", said(&out)));
+    assert_eq!(line["errors"].as_array().unwrap().len(), 3, "{line}");
 }
