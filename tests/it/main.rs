@@ -14,6 +14,7 @@ mod migrations;
 mod openapi;
 mod ops;
 mod parsers;
+mod pgbouncer;
 mod privacy;
 mod process;
 mod producer;
