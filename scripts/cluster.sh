@@ -20,7 +20,7 @@
 # The guest user works because every connection comes from loopback.
 set -euo pipefail
 
-DIR=${ERASURE_CLUSTER_DIR:-/tmp/erasure-rabbit-cluster}
+DIR=$(realpath -m "${ERASURE_CLUSTER_DIR:-/tmp/erasure-rabbit-cluster}")
 NODES=(1 2 3)
 SCRIPTS=$(cd "$(dirname "$0")" && pwd)
 RABBIT_BIN=/usr/lib/rabbitmq/bin # the real scripts; /usr/sbin's wrappers switch to user rabbitmq
