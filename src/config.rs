@@ -178,6 +178,8 @@ settings! {
         max_connections: u32 = "ERASURE_DB_MAX_CONNECTIONS", "16", int(2, 10_000);
         /// PostgreSQL statement_timeout of the service's sessions
         statement_timeout: Duration = "ERASURE_STATEMENT_TIMEOUT_MS", "30000", millis(1, 86_400_000);
+        /// how long a worker retries a database that fails transiently (lost connection, serialization failure) before handing its message back for later
+        retry_budget: Duration = "ERASURE_DB_RETRY_SECONDS", "60", seconds(1, 3600);
     }
 
     /// RabbitMQ and the outbox.
@@ -210,6 +212,8 @@ settings! {
         max_rows_per_second_total: u64 = "ERASURE_MAX_ROWS_PER_SECOND_TOTAL", "0", int(0, u64::MAX);
         /// time in-flight work gets to finish after SIGTERM
         shutdown_grace: Duration = "ERASURE_SHUTDOWN_GRACE_SECONDS", "25", seconds(0, 3600);
+        /// times a task is handed back because a further database of the target catalog does not answer (each after ERASURE_DB_RETRY_SECONDS) before it fails with the reason; the service's own database is waited for however long it is away
+        max_handbacks: u32 = "ERASURE_MAX_HANDBACKS", "30", int(1, 100_000);
     }
 
     /// Personal data retention.

@@ -24,25 +24,27 @@ impl Transient for sqlx::Error {
     }
 }
 
-/// About a minute in all: long enough to ride out a database failover or restart, short
-/// enough that a delivery is handed back (not held) when the outage lasts.
-fn policy() -> ExponentialBuilder {
+/// Retries for at most `budget` (`ERASURE_DB_RETRY_SECONDS`, a minute by default): long
+/// enough to ride out a database failover or restart, short enough that a delivery is handed
+/// back (not held) when the outage lasts.
+fn policy(budget: Duration) -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(8))
-        .with_max_times(12)
+        .without_max_times()
+        .with_total_delay(Some(budget))
         .with_jitter()
 }
 
 /// Runs `op`, retrying while it fails with a transient error (connection lost, serialization
-/// failure, deadlock, timeout); returns the last error otherwise.
-pub async fn transient<T, E, F, Fut>(what: &'static str, op: F) -> Result<T, E>
+/// failure, deadlock, timeout) for at most `budget`; returns the last error otherwise.
+pub async fn transient<T, E, F, Fut>(budget: Duration, what: &'static str, op: F) -> Result<T, E>
 where
     E: Transient,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    op.retry(policy())
+    op.retry(policy(budget))
         .when(E::is_transient)
         .notify(|e: &E, wait| {
             metrics::counter!("erasure_db_retries_total", "operation" => what).increment(1);

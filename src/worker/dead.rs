@@ -27,6 +27,7 @@ pub enum Filed {
 
 /// Dead-letters a message arrived with `routing_key` for `reason` (short, non-PII).
 pub async fn dead_letter(
+    budget: std::time::Duration,
     pool: &PgPool,
     publisher: &Publisher,
     routing_key: &str,
@@ -34,7 +35,7 @@ pub async fn dead_letter(
     reason: &str,
     payload: &[u8],
 ) -> Filed {
-    let recorded = retry::transient("record_dead_letter", || {
+    let recorded = retry::transient(budget, "record_dead_letter", || {
         dead_letters::record(pool, subject, routing_key, reason, payload)
     })
     .await;

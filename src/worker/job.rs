@@ -102,10 +102,15 @@ impl Step {
 /// Why a job did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    /// A database went away and stayed away beyond the retry budget: the message is handed
-    /// back, and that does not count as a delivery. The reason names the database, not data.
+    /// The service's own database went away and stayed away beyond the retry budget: the
+    /// message is handed back, and that does not count as a delivery, however long it lasts.
     #[error("{0}")]
     Transient(String),
+    /// A further database of the target catalog does not answer: the message is handed back
+    /// like [`JobError::Transient`], but only `ERASURE_MAX_HANDBACKS` times; then it fails
+    /// with the reason, for an operator to fix and redrive.
+    #[error("{reason}")]
+    Unreachable { database: String, reason: String },
     /// The message breaks a rule of the contract: it can never succeed as sent.
     #[error("{0}")]
     Refused(String),
@@ -126,7 +131,13 @@ impl From<sqlx::Error> for JobError {
 
 impl From<DbError> for JobError {
     fn from(e: DbError) -> Self {
-        Self::of(&e)
+        match &e.database {
+            Some(database) if e.is_transient() => Self::Unreachable {
+                database: database.clone(),
+                reason: e.describe(),
+            },
+            _ => Self::of(&e),
+        }
     }
 }
 
@@ -142,12 +153,16 @@ impl JobError {
 
 impl Transient for JobError {
     fn is_transient(&self) -> bool {
-        matches!(self, Self::Transient(_))
+        matches!(self, Self::Transient(_) | Self::Unreachable { .. })
     }
     fn describe(&self) -> String {
         self.to_string()
     }
 }
+
+/// The header counting a message's hand-backs for a database of the catalog that does not
+/// answer.
+const UNREACHABLE_ROUNDS: &str = "x-erasure-unreachable-rounds";
 
 /// Runs a [`Job`] for a queue consumer.
 pub struct Runner<J> {
@@ -191,6 +206,16 @@ impl<J: Job> Runner<J> {
                 tracing::warn!(error = %e, "interrupted; handing the message back");
                 self.hand_back(&queue::message_id(props), data).await
             }
+            Err(JobError::Unreachable { database, reason }) => {
+                let rounds = queue::header_u64(props, UNREACHABLE_ROUNDS).unwrap_or(0) + 1;
+                if rounds > u64::from(self.ctx.config.worker.max_handbacks) {
+                    let reason = format!("{reason} (still so after {} hand-backs)", rounds - 1);
+                    return self.dead_letter(self.job.subject(msg), &reason, data).await;
+                }
+                tracing::warn!(database, error = %reason, rounds, "a database of the catalog does not answer; handing the message back");
+                self.republish(&queue::message_id(props), data, Some(rounds))
+                    .await
+            }
             Err(e) => {
                 self.dead_letter(self.job.subject(msg), &e.to_string(), data)
                     .await
@@ -203,9 +228,21 @@ impl<J: Job> Runner<J> {
     /// count as a delivery. A plain requeue would count, and a long enough outage would have
     /// the broker dead-letter healthy messages (`x-delivery-limit`) with nothing recorded.
     pub async fn hand_back(&self, message_id: &str, data: &[u8]) -> Outcome {
+        self.republish(message_id, data, None).await
+    }
+
+    /// [`Runner::hand_back`], counting `rounds` in the message when a database of the
+    /// catalog is what is missing.
+    async fn republish(&self, message_id: &str, data: &[u8], rounds: Option<u64>) -> Outcome {
         metrics::counter!("erasure_handed_back_total", "kind" => J::NAME).increment(1);
         let mut headers = FieldTable::default();
         headers.insert("x-erasure-retried".into(), AMQPValue::Boolean(true));
+        if let Some(rounds) = rounds {
+            headers.insert(
+                UNREACHABLE_ROUNDS.into(),
+                AMQPValue::LongLongInt(rounds as i64),
+            );
+        }
         match self
             .publisher
             .publish(J::ROUTING_KEY, message_id, data, headers)
@@ -221,6 +258,7 @@ impl<J: Job> Runner<J> {
 
     async fn dead_letter(&self, subject: Subject<'_>, reason: &str, data: &[u8]) -> Outcome {
         match dead::dead_letter(
+            self.ctx.retry_budget(),
             &self.ctx.pool,
             &self.publisher,
             J::ROUTING_KEY,

@@ -44,6 +44,11 @@ impl Ctx {
         }
     }
 
+    /// How long a step retries a database that fails transiently.
+    pub fn retry_budget(&self) -> std::time::Duration {
+        self.config.database.retry_budget
+    }
+
     /// A context erasing the built-in catalog from `pool` (tests).
     pub fn built_in(pool: PgPool, config: Config) -> Self {
         let key = config.keys.pii_hmac_key.bytes.clone();

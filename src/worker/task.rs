@@ -80,7 +80,7 @@ fn malformed(e: &serde_json::Error) -> &'static str {
 /// Works one slice of the message's tasks.
 pub async fn run(ctx: &Ctx, msg: &TaskMessage, stop: &CancellationToken) -> Result<Step, JobError> {
     let bots = msg.bots();
-    let group = retry::transient("load_task", || {
+    let group = retry::transient(ctx.retry_budget(), "load_task", || {
         tasks::load(&ctx.pool, &msg.request_id, &bots)
     })
     .await?
@@ -120,7 +120,7 @@ pub async fn run(ctx: &Ctx, msg: &TaskMessage, stop: &CancellationToken) -> Resu
         "slice worked"
     );
     if drained {
-        let completed = retry::transient("complete_task", || {
+        let completed = retry::transient(ctx.retry_budget(), "complete_task", || {
             tasks::complete(&ctx.pool, &msg.request_id, &bots)
         })
         .await?;
@@ -131,7 +131,7 @@ pub async fn run(ctx: &Ctx, msg: &TaskMessage, stop: &CancellationToken) -> Resu
         return Ok(Step::Drained);
     }
     let next_slice = msg.slice + 1;
-    let messages = retry::transient("continue_task", || {
+    let messages = retry::transient(ctx.retry_budget(), "continue_task", || {
         tasks::advance(&ctx.pool, &msg.request_id, &bots, msg.slice, |advanced| {
             continuations(&msg.request_id, advanced, next_slice)
                 .iter()
@@ -154,17 +154,19 @@ async fn recheck(
     id: &RequestId,
     users: &[PlatformUserId],
 ) -> Result<Vec<PlatformUserId>, JobError> {
-    let protections = retry::transient("recheck_protection", || {
+    let protections = retry::transient(ctx.retry_budget(), "recheck_protection", || {
         store::platform::protections(&ctx.pool, users)
     })
     .await?;
     if protections.is_empty() {
         return Ok(users.to_vec());
     }
-    Ok(retry::transient("reject_protected", || {
-        requests::reject_protected(&ctx.pool, id, &protections)
-    })
-    .await?)
+    Ok(
+        retry::transient(ctx.retry_budget(), "reject_protected", || {
+            requests::reject_protected(&ctx.pool, id, &protections)
+        })
+        .await?,
+    )
 }
 
 /// Runs the root stores at once, each on its own connection: they are separate tables, so
@@ -206,7 +208,7 @@ async fn drain(
             break;
         }
         let started = Instant::now();
-        let batch = retry::transient("delete_batch", || {
+        let batch = retry::transient(ctx.retry_budget(), "delete_batch", || {
             ctx.targets.batch(root, target, limit, round == 0)
         })
         .await?;

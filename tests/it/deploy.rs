@@ -699,7 +699,11 @@ fn the_target_catalog_ships_as_a_configmap_mounted_where_erasure_targets_points(
         .as_str()
         .expect("the ConfigMap holds targets.toml")
         .to_string();
-    assert_eq!(shipped.trim(), file.trim(), "deploy/targets.toml and the ConfigMap agree");
+    assert_eq!(
+        shipped.trim(),
+        file.trim(),
+        "deploy/targets.toml and the ConfigMap agree"
+    );
     let catalog = Catalog::parse(&file, Source::File("deploy/targets.toml".into()))
         .unwrap_or_else(|p| panic!("deploy/targets.toml: {p:?}"));
     assert_eq!(
