@@ -130,6 +130,11 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
             }
         }
     }
+    tracker.spawn(
+        publisher
+            .clone()
+            .publish_in_background(pool.clone(), cancel.clone()),
+    );
     tracker.spawn(relay::run(
         pool.clone(),
         publisher.clone(),

@@ -299,7 +299,7 @@ async fn erase_inner(
     };
     // Committed: the request will be processed whatever happens next. Publish now for
     // latency; the relay publishes it later if this fails or the process dies.
-    state.publisher.publish_soon(&state.pool, queued);
+    state.publisher.publish_soon(queued);
     metrics::counter!("erasure_intake_requests_total", "outcome" => "accepted", "reason" => "")
         .increment(1);
     tracing::info!(request_id = %request_id, app = %app.client_id, "erase request accepted");
