@@ -143,6 +143,31 @@ fn describe() {
     );
 }
 
+/// An enum whose variants are the values of a metric label: `ALL` (exported at zero from the
+/// start) and `label` (what is recorded) both come from the one list written here.
+macro_rules! label_values {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident {
+        $($(#[$vmeta:meta])* $variant:ident => $label:literal,)+
+    }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        $vis enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            pub fn label(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+        }
+    };
+}
+pub(crate) use label_values;
+
 /// Counts a request that this process just settled and records how long it took, creation to
 /// settling (read by the same statement that settled it).
 pub fn record_settled(settled: &Settled) {
