@@ -15,6 +15,18 @@ fn policy() -> ExponentialBuilder {
         .with_jitter()
 }
 
+/// Every `what` passed to [`db`]: the `operation` label of `erasure_db_retries_total`, exported
+/// at zero from the start (a test checks each call names one of these).
+pub const OPERATIONS: [&str; 7] = [
+    "plan",
+    "load_task",
+    "recheck_protection",
+    "complete_task",
+    "continue_task",
+    "delete_batch",
+    "record_dead_letter",
+];
+
 /// Runs `op`, retrying while it fails with a transient error (connection lost, serialization
 /// failure, deadlock, timeout); returns the last error otherwise.
 pub async fn db<T, F, Fut>(what: &'static str, op: F) -> Result<T, sqlx::Error>

@@ -64,6 +64,14 @@ impl Running {
     }
 }
 
+crate::telemetry::label_values! {
+    /// The consumers a worker runs, by the `queue` label of their metrics and readiness checks.
+    pub enum Consumer {
+        Requests => "requests",
+        Tasks => "tasks",
+    }
+}
+
 pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
     let metrics = telemetry::metrics();
     let pool = (|| store::connect_and_migrate(&config.database_url, config.db_max_connections, config.statement_timeout))
@@ -71,16 +79,7 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
         .notify(|e, wait| tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "database not ready"))
         .await
         .context("connecting to PostgreSQL and applying migrations")?;
-    if !config.secret_key.configured {
-        tracing::warn!(
-            "ERASURE_SECRET_KEY is not set: app secrets are sealed with the built-in development key"
-        );
-    }
-    if !config.pii_hmac_key.configured {
-        tracing::warn!(
-            "ERASURE_PII_HMAC_KEY is not set: identifiers are redacted with the built-in development key"
-        );
-    }
+    warn_of_development_keys(&config);
     let topology = Topology::new(&config.queue_prefix, config.max_deliveries);
     let role_name = match role {
         Role::All => "all",
@@ -95,41 +94,11 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
 
-    let mut consumers = Vec::new();
-    if role.worker() {
-        let warm = (config.worker_concurrency + 1).min(config.db_max_connections as usize);
-        let _ =
-            tokio::time::timeout(Duration::from_secs(5), crate::erase::warm_up(&pool, warm)).await;
-        let ctx = Arc::new(Ctx::new(pool.clone(), config.clone(), publisher.clone()));
-        let specs = [
-            ("requests", topology.requests_queue()),
-            ("tasks", topology.tasks_queue()),
-        ];
-        for (name, queue) in specs {
-            let up = Arc::new(AtomicBool::new(false));
-            consumers.push((name, up.clone()));
-            let spec = ConsumerSpec {
-                url: config.amqp_url.clone(),
-                queue,
-                name,
-                prefetch: config.prefetch,
-                concurrency: config.worker_concurrency,
-                grace: config.shutdown_grace,
-                topology: topology.clone(),
-                up,
-            };
-            let c = cancel.clone();
-            if name == "requests" {
-                tracker.spawn(consumer::run(
-                    spec,
-                    Arc::new(RequestHandler(ctx.clone())),
-                    c,
-                ));
-            } else {
-                tracker.spawn(consumer::run(spec, Arc::new(TaskHandler(ctx.clone())), c));
-            }
-        }
-    }
+    let consumers = if role.worker() {
+        spawn_consumers(&tracker, &cancel, &pool, &config, &topology, &publisher).await
+    } else {
+        Vec::new()
+    };
     tracker.spawn(
         publisher
             .clone()
@@ -178,4 +147,61 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
         cancel,
         tracker,
     })
+}
+
+fn warn_of_development_keys(config: &Config) {
+    if !config.secret_key.configured {
+        tracing::warn!(
+            "ERASURE_SECRET_KEY is not set: app secrets are sealed with the built-in development key"
+        );
+    }
+    if !config.pii_hmac_key.configured {
+        tracing::warn!(
+            "ERASURE_PII_HMAC_KEY is not set: identifiers are redacted with the built-in development key"
+        );
+    }
+}
+
+/// Starts a worker's consumers in `tracker`; returns each one's name and attachment flag.
+async fn spawn_consumers(
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+    pool: &sqlx::PgPool,
+    config: &Config,
+    topology: &Topology,
+    publisher: &Arc<Publisher>,
+) -> Vec<(&'static str, Arc<AtomicBool>)> {
+    let warm = (config.worker_concurrency + 1).min(config.db_max_connections as usize);
+    let _ = tokio::time::timeout(Duration::from_secs(5), crate::erase::warm_up(pool, warm)).await;
+    let ctx = Arc::new(Ctx::new(pool.clone(), config.clone(), publisher.clone()));
+    let mut consumers = Vec::new();
+    for &which in Consumer::ALL {
+        let up = Arc::new(AtomicBool::new(false));
+        consumers.push((which.label(), up.clone()));
+        let spec = ConsumerSpec {
+            url: config.amqp_url.clone(),
+            queue: match which {
+                Consumer::Requests => topology.requests_queue(),
+                Consumer::Tasks => topology.tasks_queue(),
+            },
+            name: which.label(),
+            prefetch: config.prefetch,
+            concurrency: config.worker_concurrency,
+            grace: config.shutdown_grace,
+            topology: topology.clone(),
+            up,
+        };
+        let c = cancel.clone();
+        match which {
+            Consumer::Requests => tracker.spawn(consumer::run(
+                spec,
+                Arc::new(RequestHandler(ctx.clone())),
+                c,
+            )),
+            Consumer::Tasks => {
+                tracker.spawn(consumer::run(spec, Arc::new(TaskHandler(ctx.clone())), c))
+            }
+        };
+    }
+    consumers
 }

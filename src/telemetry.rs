@@ -1,12 +1,17 @@
 //! Logs (tracing; JSON with `ERASURE_LOG_FORMAT=json`) and the Prometheus recorder.
 //! Personal identifiers are never logged: spans carry request and bot ids only.
+//! Every metric family is declared once, in [`FAMILIES`], with the label values it takes, so
+//! that `/metrics` shows each counter and histogram at zero from the first scrape.
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-use crate::{config::LogFormat, store::requests::Settled};
+use crate::{
+    config::LogFormat, erase::Store, intake::error::Outcome, retry, startup::Consumer,
+    store::requests::Settled,
+};
 
 /// Installs the global subscriber once; later calls are no-ops. Logs go to stderr.
 /// `filter` was validated with the configuration (`ERASURE_LOG`).
@@ -28,7 +33,8 @@ pub fn init_logs(format: LogFormat, filter: &str) {
     };
 }
 
-/// The process-wide Prometheus handle (installed on first use).
+/// The process-wide Prometheus handle (installed on first use), with every family of
+/// [`FAMILIES`] described and its known series registered.
 pub fn metrics() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -52,95 +58,214 @@ pub fn metrics() -> PrometheusHandle {
                 .build_recorder();
             let handle = recorder.handle();
             let _ = metrics::set_global_recorder(recorder);
-            describe();
+            register(FAMILIES);
             handle
         })
         .clone()
 }
 
-fn describe() {
-    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
+/// Label pairs of one series.
+pub type Labels = Vec<(&'static str, &'static str)>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Histogram,
+    Gauge,
+}
+
+/// A metric family: its name, kind and help text, and every label set it is known to take.
+pub struct Family {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    /// The series exported at zero before anything is recorded, so that `rate()` and
+    /// absent-alerts see the family from the first scrape.
+    pub series: fn() -> Vec<Labels>,
+}
+
+const fn counter(name: &'static str, help: &'static str, series: fn() -> Vec<Labels>) -> Family {
+    Family {
+        name,
+        kind: Kind::Counter,
+        help,
+        series,
+    }
+}
+
+const fn histogram(name: &'static str, help: &'static str, series: fn() -> Vec<Labels>) -> Family {
+    Family {
+        name,
+        kind: Kind::Histogram,
+        help,
+        series,
+    }
+}
+
+/// A gauge appears when first set, never before: its zero would be a claim, not the absence
+/// of events (`erasure_consumer_up` 0 reads "detached" on an intake that runs no consumer).
+const fn gauge(name: &'static str, help: &'static str) -> Family {
+    Family {
+        name,
+        kind: Kind::Gauge,
+        help,
+        series: Vec::new,
+    }
+}
+
+fn unlabelled() -> Vec<Labels> {
+    vec![Vec::new()]
+}
+
+fn each(label: &'static str, values: impl IntoIterator<Item = &'static str>) -> Vec<Labels> {
+    values.into_iter().map(|v| vec![(label, v)]).collect()
+}
+
+fn stores() -> Vec<Labels> {
+    each("store", Store::ALL.map(Store::name))
+}
+
+fn settled() -> Vec<Labels> {
+    each("status", SETTLED_STATUSES)
+}
+
+/// Every metric family the service records, each with the label values the code draws its
+/// labels from. A new metric is one more line here.
+pub const FAMILIES: &[Family] = &[
+    counter(
         "erasure_intake_requests_total",
-        "Erase calls at the intake by outcome (accepted, replayed, refused) and refusal reason"
-    );
-    describe_histogram!(
+        "Erase calls at the intake by outcome (accepted, replayed, refused) and refusal reason",
+        || Outcome::all().map(|o| o.labels().to_vec()).collect(),
+    ),
+    histogram(
         "erasure_intake_seconds",
-        Unit::Seconds,
-        "Time to answer an erase call"
-    );
-    describe_counter!(
+        "Time to answer an erase call",
+        unlabelled,
+    ),
+    counter(
         "erasure_requests_finished_total",
-        "Requests settled, by final status (completed, rejected, failed)"
-    );
-    describe_histogram!(
+        "Requests settled, by final status (completed, rejected, failed)",
+        settled,
+    ),
+    histogram(
         "erasure_request_duration_seconds",
-        Unit::Seconds,
-        "Time from a request's creation to its settling, by final status"
-    );
-    describe_counter!(
+        "Time from a request's creation to its settling, by final status",
+        settled,
+    ),
+    counter(
         "erasure_tasks_planned_total",
-        "Per-bot tasks created by planning"
-    );
-    describe_counter!(
+        "Per-bot tasks created by planning",
+        unlabelled,
+    ),
+    counter(
         "erasure_tasks_started_total",
-        "Tasks whose first slice began"
-    );
-    describe_counter!(
+        "Tasks whose first slice began",
+        unlabelled,
+    ),
+    counter(
         "erasure_tasks_completed_total",
-        "Tasks drained and counted done"
-    );
-    describe_counter!(
+        "Tasks drained and counted done",
+        unlabelled,
+    ),
+    counter(
         "erasure_tasks_retried_total",
-        "Task deliveries requeued after a transient error"
-    );
-    describe_counter!(
+        "Task deliveries requeued after a transient error",
+        unlabelled,
+    ),
+    counter(
         "erasure_dead_lettered_total",
-        "Messages moved to the dead-letter queue, by kind"
-    );
-    describe_counter!(
+        "Messages moved to the dead-letter queue, by kind",
+        || each("kind", DEAD_LETTER_KINDS),
+    ),
+    counter(
         "erasure_poison_messages_total",
-        "Messages that could not be parsed"
-    );
-    describe_counter!(
+        "Messages that could not be parsed",
+        unlabelled,
+    ),
+    counter(
         "erasure_rows_deleted_total",
-        "Platform rows deleted, by store"
-    );
-    describe_histogram!(
+        "Platform rows deleted, by store",
+        stores,
+    ),
+    histogram(
         "erasure_delete_batch_seconds",
-        Unit::Seconds,
-        "Duration of one batch delete statement, by store"
-    );
-    describe_gauge!(
+        "Duration of one batch delete statement, by store",
+        stores,
+    ),
+    gauge(
         "erasure_delete_batch_max_seconds",
-        Unit::Seconds,
-        "Longest single batch delete statement this process has run"
-    );
-    describe_histogram!(
+        "Longest single batch delete statement this process has run",
+    ),
+    histogram(
         "erasure_task_slice_seconds",
-        Unit::Seconds,
-        "Duration of one task delivery (a slice)"
-    );
-    describe_gauge!(
+        "Duration of one task delivery (a slice)",
+        unlabelled,
+    ),
+    gauge(
         "erasure_outbox_backlog",
-        "Messages committed but not yet confirmed by the broker"
-    );
-    describe_counter!(
+        "Messages committed but not yet confirmed by the broker",
+    ),
+    counter(
         "erasure_outbox_relayed_total",
-        "Messages published by the outbox relay (not by the fast path)"
-    );
-    describe_gauge!(
+        "Messages published by the outbox relay (not by the fast path)",
+        unlabelled,
+    ),
+    gauge(
         "erasure_consumer_up",
-        "1 while the consumer of a queue is attached"
-    );
-    describe_counter!(
+        "1 while the consumer of a queue is attached",
+    ),
+    counter(
         "erasure_consumer_reconnects_total",
-        "Consumer reconnections after a lost connection"
-    );
-    describe_counter!(
+        "Consumer reconnections after a lost connection",
+        || each("queue", Consumer::ALL.iter().map(|c| c.label())),
+    ),
+    counter(
         "erasure_db_retries_total",
-        "Database operations retried after a transient error"
-    );
+        "Database operations retried after a transient error",
+        || each("operation", retry::OPERATIONS),
+    ),
+];
+
+/// Describes every family and registers its known series, which the exporter then renders at
+/// zero.
+fn register(families: &[Family]) {
+    for family in families {
+        // Every duration is in seconds, and only durations are.
+        let unit = family
+            .name
+            .ends_with("_seconds")
+            .then_some(metrics::Unit::Seconds);
+        metrics::with_recorder(|r| {
+            let (name, help) = (family.name.into(), family.help.into());
+            match family.kind {
+                Kind::Counter => r.describe_counter(name, unit, help),
+                Kind::Histogram => r.describe_histogram(name, unit, help),
+                Kind::Gauge => r.describe_gauge(name, unit, help),
+            }
+        });
+        for labels in (family.series)() {
+            match family.kind {
+                Kind::Counter => drop(metrics::counter!(family.name, &labels)),
+                Kind::Histogram => drop(metrics::histogram!(family.name, &labels)),
+                Kind::Gauge => {}
+            }
+        }
+    }
+}
+
+/// The final statuses of a request: the `status` label of the settle metrics.
+pub const SETTLED_STATUSES: [&str; 3] = ["completed", "rejected", "failed"];
+
+/// The `kind` label of `erasure_dead_lettered_total`: what the dead letter was.
+pub const DEAD_LETTER_KINDS: [&str; 2] = ["request", "task"];
+
+/// The dead-letter kind of a message that came with `routing_key`.
+pub fn dead_letter_kind(routing_key: &str) -> &'static str {
+    if routing_key == crate::contract::TASK_ROUTING_KEY {
+        DEAD_LETTER_KINDS[1]
+    } else {
+        DEAD_LETTER_KINDS[0]
+    }
 }
 
 /// An enum whose variants are the values of a metric label: `ALL` (exported at zero from the
@@ -171,6 +296,11 @@ pub(crate) use label_values;
 /// Counts a request that this process just settled and records how long it took, creation to
 /// settling (read by the same statement that settled it).
 pub fn record_settled(settled: &Settled) {
+    debug_assert!(
+        SETTLED_STATUSES.contains(&settled.status.as_str()),
+        "{} is not in SETTLED_STATUSES",
+        settled.status
+    );
     metrics::counter!("erasure_requests_finished_total", "status" => settled.status.clone())
         .increment(1);
     metrics::histogram!("erasure_request_duration_seconds", "status" => settled.status.clone())

@@ -103,11 +103,7 @@ pub async fn dead_letter(
         tracing::error!(error = %e, "could not publish a dead letter; requeueing it");
         return Outcome::Requeue;
     }
-    let kind = if routing_key == crate::contract::TASK_ROUTING_KEY {
-        "task"
-    } else {
-        "request"
-    };
+    let kind = crate::telemetry::dead_letter_kind(routing_key);
     metrics::counter!("erasure_dead_lettered_total", "kind" => kind).increment(1);
     if let Some(settled) = &settled {
         crate::telemetry::record_settled(settled);
