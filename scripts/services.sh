@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Makes sure PostgreSQL and RabbitMQ are running on 127.0.0.1 with the service's default
 # settings: starts them if they are installed but stopped, installs them with apt-get (Debian)
-# if they are missing. Safe to run again.
+# if they are missing. With --fuzzer (scripts/test), also installs schemathesis with pip if it
+# is missing: tests/it/fuzz.rs runs it against the intake. Safe to run again.
 set -euo pipefail
 
 PG_PORT=5432
 AMQP_PORT=5672
+# The version tests/it/fuzz.rs was written against; a newer one may add checks.
+SCHEMATHESIS_VERSION=4.32.5
 
 log() { printf '[services] %s\n' "$*" >&2; }
 
@@ -68,5 +71,19 @@ ensure_rabbitmq() {
   wait_port "$AMQP_PORT" RabbitMQ
 }
 
+ensure_schemathesis() {
+  if command -v schemathesis >/dev/null; then log "schemathesis is installed"; return; fi
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    log "installing pip (apt-get)"
+    apt_install python3-pip
+  fi
+  log "installing schemathesis (pip)"
+  # Debian's own Python refuses pip outside a virtualenv (PEP 668) unless told to; a user
+  # install leaves the system's packages alone (scripts/test puts its bin on PATH).
+  python3 -m pip install --quiet "schemathesis==$SCHEMATHESIS_VERSION" 2>/dev/null ||
+    python3 -m pip install --quiet --user --break-system-packages "schemathesis==$SCHEMATHESIS_VERSION"
+}
+
 ensure_postgres
 ensure_rabbitmq
+if [ "${1:-}" = "--fuzzer" ]; then ensure_schemathesis; fi

@@ -8,6 +8,7 @@ mod cli;
 mod deploy;
 mod erase_flow;
 mod faults;
+mod fuzz;
 mod intake;
 mod migrations;
 mod openapi;
