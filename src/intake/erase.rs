@@ -42,6 +42,7 @@ pub(super) async fn timed(request: Request, next: Next) -> Response {
 pub(super) async fn erase(
     State(state): State<IntakeState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    // Before the body is read: an unauthenticated call learns nothing of it (401, never 413).
     Authenticated(app): Authenticated,
     // Checked after the body: a bad body is answered as such whatever the key.
     key: Result<IdempotencyKey, IntakeError>,
