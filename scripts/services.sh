@@ -2,14 +2,16 @@
 # Makes sure PostgreSQL and RabbitMQ are running on 127.0.0.1 with the service's default
 # settings: starts them if they are installed but stopped, installs them with apt-get (Debian)
 # if they are missing, and restarts a RabbitMQ that accepts connections but no longer completes
-# an AMQP handshake. Also installs the tools the tests use without running them as daemons:
-# pgbouncer and promtool (Debian's `pgbouncer` and `prometheus`) and kubernetes-validate (PyPI).
-# Safe to run again.
+# an AMQP handshake. With --tools (scripts/test), also installs what the tests run, never as
+# daemons: pgbouncer and promtool (Debian's `pgbouncer` and `prometheus`), kubernetes-validate
+# and the API fuzzer schemathesis (PyPI). Safe to run again.
 set -euo pipefail
 
 PG_PORT=5432
 AMQP_PORT=5672
 SCRIPTS=$(cd "$(dirname "$0")" && pwd)
+# The version tests/it/fuzz.rs was written against; a newer one may add checks.
+SCHEMATHESIS_VERSION=4.32.5
 
 log() { printf '[services] %s\n' "$*" >&2; }
 
@@ -181,7 +183,20 @@ ensure_tools() {
   fi
 }
 
+ensure_schemathesis() {
+  if command -v schemathesis >/dev/null; then log "schemathesis is installed"; return; fi
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  log "installing schemathesis (pip)"
+  # Debian's own Python refuses pip outside a virtualenv (PEP 668) unless told to; a user
+  # install leaves the system's packages alone (scripts/test puts its bin on PATH).
+  python3 -m pip install --quiet "schemathesis==$SCHEMATHESIS_VERSION" 2>/dev/null ||
+    python3 -m pip install --quiet --user --break-system-packages "schemathesis==$SCHEMATHESIS_VERSION"
+}
+
 command -v python3 >/dev/null || apt_install python3
 ensure_postgres
 ensure_rabbitmq
-ensure_tools
+if [ "${1:-}" = "--tools" ]; then
+  ensure_tools
+  ensure_schemathesis
+fi

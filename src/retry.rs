@@ -36,9 +36,23 @@ fn policy(budget: Duration) -> ExponentialBuilder {
         .with_jitter()
 }
 
+crate::telemetry::label_values! {
+    /// What a retried operation was: the `operation` label of `erasure_db_retries_total`.
+    pub enum Operation {
+        Plan => "plan",
+        LoadTask => "load_task",
+        RecheckProtection => "recheck_protection",
+        RejectProtected => "reject_protected",
+        CompleteTask => "complete_task",
+        ContinueTask => "continue_task",
+        DeleteBatch => "delete_batch",
+        RecordDeadLetter => "record_dead_letter",
+    }
+}
+
 /// Runs `op`, retrying while it fails with a transient error (connection lost, serialization
 /// failure, deadlock, timeout) for at most `budget`; returns the last error otherwise.
-pub async fn transient<T, E, F, Fut>(budget: Duration, what: &'static str, op: F) -> Result<T, E>
+pub async fn transient<T, E, F, Fut>(budget: Duration, what: Operation, op: F) -> Result<T, E>
 where
     E: Transient,
     F: FnMut() -> Fut,
@@ -47,8 +61,8 @@ where
     op.retry(policy(budget))
         .when(E::is_transient)
         .notify(|e: &E, wait| {
-            metrics::counter!("erasure_db_retries_total", "operation" => what).increment(1);
-            tracing::warn!(operation = what, error = %e.describe(), retry_in_ms = wait.as_millis() as u64, "transient database error");
+            metrics::counter!("erasure_db_retries_total", "operation" => what.label()).increment(1);
+            tracing::warn!(operation = what.label(), error = %e.describe(), retry_in_ms = wait.as_millis() as u64, "transient database error");
         })
         .await
 }

@@ -72,6 +72,14 @@ impl Running {
     }
 }
 
+crate::telemetry::label_values! {
+    /// The consumers a worker runs, by the `queue` label of their metrics and readiness checks.
+    pub enum Consumer {
+        Requests => "requests",
+        Tasks => "tasks",
+    }
+}
+
 pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
     let metrics = telemetry::metrics();
     let pool = retry::until_ready("database", || {
@@ -92,6 +100,7 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
     if role.worker() {
         check_targets(&targets).await?;
     }
+    telemetry::register_stores(&targets.catalog);
     let topology = Topology::new(&config.queue.prefix, config.queue.max_deliveries);
     let publisher = Arc::new(Publisher::new(
         config.queue.amqp_url.primary(),
@@ -106,6 +115,11 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
     } else {
         Vec::new()
     };
+    tracker.spawn(
+        publisher
+            .clone()
+            .publish_in_background(pool.clone(), cancel.clone()),
+    );
     tracker.spawn(relay::run(
         pool.clone(),
         publisher.clone(),
@@ -188,8 +202,8 @@ async fn spawn_workers(
         topology: topology.clone(),
         up: Arc::new(AtomicBool::new(false)),
     };
-    let requests = spec("requests", topology.requests_queue());
-    let tasks = spec("tasks", topology.tasks_queue());
+    let requests = spec(Consumer::Requests.label(), topology.requests_queue());
+    let tasks = spec(Consumer::Tasks.label(), topology.tasks_queue());
     let consumers = vec![
         (requests.name, requests.up.clone()),
         (tasks.name, tasks.up.clone()),

@@ -1,12 +1,22 @@
 //! Logs (tracing; JSON with `ERASURE_LOG_FORMAT=json`) and the Prometheus recorder.
 //! Personal identifiers are never logged: spans carry request and bot ids only.
+//! Every metric family is declared once, in [`FAMILIES`], with the label values it takes, so
+//! that `/metrics` shows each counter and histogram at zero from the first scrape.
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-use crate::{config::LogFormat, domain::RequestStatus};
+use crate::{
+    catalog::{Action, Catalog},
+    config::LogFormat,
+    domain::RequestStatus,
+    intake::error::Outcome,
+    retry,
+    startup::Consumer,
+    worker::job::{JOB_KINDS, Step},
+};
 
 /// Installs the global subscriber once; later calls are no-ops. Logs go to stderr.
 /// `filter` was validated with the configuration (`ERASURE_LOG`).
@@ -28,7 +38,8 @@ pub fn init_logs(format: LogFormat, filter: &str) {
     };
 }
 
-/// The process-wide Prometheus handle (installed on first use).
+/// The process-wide Prometheus handle (installed on first use), with every family of
+/// [`FAMILIES`] described and its known series registered.
 pub fn metrics() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -52,104 +63,270 @@ pub fn metrics() -> PrometheusHandle {
                 .build_recorder();
             let handle = recorder.handle();
             let _ = metrics::set_global_recorder(recorder);
-            describe();
+            register(FAMILIES);
             handle
         })
         .clone()
 }
 
-fn describe() {
-    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
-        "erasure_intake_requests_total",
-        "Erase calls at the intake by outcome (accepted, replayed, refused) and refusal reason"
-    );
-    describe_histogram!(
-        "erasure_intake_seconds",
-        Unit::Seconds,
-        "Time to answer an erase call"
-    );
-    describe_counter!(
-        "erasure_requests_finished_total",
-        "Requests settled, by final status (completed, rejected, failed)"
-    );
-    describe_histogram!(
-        "erasure_request_duration_seconds",
-        Unit::Seconds,
-        "Time from a request's creation to its settling, by final status"
-    );
-    describe_counter!(
-        "erasure_tasks_planned_total",
-        "Per-bot tasks created by planning"
-    );
-    describe_counter!(
-        "erasure_tasks_started_total",
-        "Tasks whose first slice began"
-    );
-    describe_counter!(
-        "erasure_tasks_completed_total",
-        "Tasks drained and counted done"
-    );
-    describe_counter!(
-        "erasure_handed_back_total",
-        "Deliveries handed back (republished) after a transient error, by kind (plan, task)"
-    );
-    describe_counter!(
-        "erasure_job_steps_total",
-        "Deliveries handled, by kind (plan, task) and step (planned, settled_at_planning, duplicate, drained, continued, stale)"
-    );
-    describe_counter!(
-        "erasure_dead_lettered_total",
-        "Messages moved to the dead-letter queue, by kind (plan, task)"
-    );
-    describe_counter!(
-        "erasure_poison_messages_total",
-        "Messages that could not be parsed, by kind (plan, task)"
-    );
-    describe_counter!(
-        "erasure_rows_deleted_total",
-        "Platform rows deleted, by store"
-    );
-    describe_counter!(
-        "erasure_rows_anonymized_total",
-        "Platform rows kept but anonymized, by store"
-    );
-    describe_histogram!(
-        "erasure_delete_batch_seconds",
-        Unit::Seconds,
-        "Duration of one batch delete statement, by store"
-    );
-    describe_gauge!(
-        "erasure_delete_batch_max_seconds",
-        Unit::Seconds,
-        "Longest single batch delete statement this process has run"
-    );
-    describe_histogram!(
-        "erasure_task_slice_seconds",
-        Unit::Seconds,
-        "Duration of one task delivery (a slice)"
-    );
-    describe_gauge!(
-        "erasure_outbox_backlog",
-        "Messages committed but not yet confirmed by the broker"
-    );
-    describe_counter!(
-        "erasure_outbox_relayed_total",
-        "Messages published by the outbox relay (not by the fast path)"
-    );
-    describe_gauge!(
-        "erasure_consumer_up",
-        "1 while the consumer of a queue is attached"
-    );
-    describe_counter!(
-        "erasure_consumer_reconnects_total",
-        "Consumer reconnections after a lost connection"
-    );
-    describe_counter!(
-        "erasure_db_retries_total",
-        "Database operations retried after a transient error"
-    );
+/// Label pairs of one series.
+pub type Labels = Vec<(&'static str, &'static str)>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Histogram,
+    Gauge,
 }
+
+/// A metric family: its name, kind and help text, and every label set it is known to take.
+pub struct Family {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    /// The series exported at zero before anything is recorded, so that `rate()` and
+    /// absent-alerts see the family from the first scrape.
+    pub series: fn() -> Vec<Labels>,
+}
+
+const fn counter(name: &'static str, help: &'static str, series: fn() -> Vec<Labels>) -> Family {
+    Family {
+        name,
+        kind: Kind::Counter,
+        help,
+        series,
+    }
+}
+
+const fn histogram(name: &'static str, help: &'static str, series: fn() -> Vec<Labels>) -> Family {
+    Family {
+        name,
+        kind: Kind::Histogram,
+        help,
+        series,
+    }
+}
+
+/// A gauge appears when first set, never before: its zero would be a claim, not the absence
+/// of events (`erasure_consumer_up` 0 reads "detached" on an intake that runs no consumer).
+const fn gauge(name: &'static str, help: &'static str) -> Family {
+    Family {
+        name,
+        kind: Kind::Gauge,
+        help,
+        series: Vec::new,
+    }
+}
+
+fn unlabelled() -> Vec<Labels> {
+    vec![Vec::new()]
+}
+
+fn each(label: &'static str, values: impl IntoIterator<Item = &'static str>) -> Vec<Labels> {
+    values.into_iter().map(|v| vec![(label, v)]).collect()
+}
+
+/// The stores come from the target catalog, read at start: see [`register_stores`].
+fn stores() -> Vec<Labels> {
+    Vec::new()
+}
+
+fn settled() -> Vec<Labels> {
+    each(
+        "status",
+        RequestStatus::ALL
+            .iter()
+            .filter(|s| s.is_settled())
+            .map(|s| s.as_str()),
+    )
+}
+
+fn kinds() -> Vec<Labels> {
+    each("kind", JOB_KINDS)
+}
+
+/// Every metric family the service records, each with the label values the code draws its
+/// labels from. A new metric is one more line here.
+pub const FAMILIES: &[Family] = &[
+    counter(
+        "erasure_intake_requests_total",
+        "Erase calls at the intake by outcome (accepted, replayed, refused) and refusal reason",
+        || Outcome::all().map(|o| o.labels().to_vec()).collect(),
+    ),
+    histogram(
+        "erasure_intake_seconds",
+        "Time to answer an erase call",
+        unlabelled,
+    ),
+    counter(
+        "erasure_requests_finished_total",
+        "Requests settled, by final status (completed, rejected, failed)",
+        settled,
+    ),
+    histogram(
+        "erasure_request_duration_seconds",
+        "Time from a request's creation to its settling, by final status",
+        settled,
+    ),
+    counter(
+        "erasure_tasks_planned_total",
+        "Per-bot tasks created by planning",
+        unlabelled,
+    ),
+    counter(
+        "erasure_tasks_started_total",
+        "Tasks whose first slice began",
+        unlabelled,
+    ),
+    counter(
+        "erasure_tasks_completed_total",
+        "Tasks drained and counted done",
+        unlabelled,
+    ),
+    counter(
+        "erasure_handed_back_total",
+        "Deliveries handed back (republished) after a transient error, by kind (plan, task)",
+        kinds,
+    ),
+    counter(
+        "erasure_job_steps_total",
+        "Deliveries handled, by kind (plan, task) and step (planned, settled_at_planning, duplicate, drained, continued, stale)",
+        || {
+            JOB_KINDS
+                .into_iter()
+                .flat_map(|k| Step::NAMES.map(|s| vec![("kind", k), ("step", s)]))
+                .collect()
+        },
+    ),
+    counter(
+        "erasure_dead_lettered_total",
+        "Messages moved to the dead-letter queue, by kind (plan, task)",
+        kinds,
+    ),
+    counter(
+        "erasure_poison_messages_total",
+        "Messages that could not be parsed, by kind (plan, task)",
+        kinds,
+    ),
+    counter(
+        "erasure_rows_deleted_total",
+        "Platform rows deleted, by store",
+        stores,
+    ),
+    counter(
+        "erasure_rows_anonymized_total",
+        "Platform rows kept but anonymized, by store",
+        stores,
+    ),
+    histogram(
+        "erasure_delete_batch_seconds",
+        "Duration of one batch delete statement, by store",
+        stores,
+    ),
+    gauge(
+        "erasure_delete_batch_max_seconds",
+        "Longest single batch delete statement this process has run",
+    ),
+    histogram(
+        "erasure_task_slice_seconds",
+        "Duration of one task delivery (a slice)",
+        unlabelled,
+    ),
+    gauge(
+        "erasure_outbox_backlog",
+        "Messages committed but not yet confirmed by the broker",
+    ),
+    counter(
+        "erasure_outbox_relayed_total",
+        "Messages published by the outbox relay (not by the fast path)",
+        unlabelled,
+    ),
+    gauge(
+        "erasure_consumer_up",
+        "1 while the consumer of a queue is attached",
+    ),
+    counter(
+        "erasure_consumer_reconnects_total",
+        "Consumer reconnections after a lost connection",
+        || each("queue", Consumer::ALL.iter().map(|c| c.label())),
+    ),
+    counter(
+        "erasure_db_retries_total",
+        "Database operations retried after a transient error",
+        || each("operation", retry::Operation::ALL.iter().map(|o| o.label())),
+    ),
+];
+
+/// Describes every family and registers its known series, which the exporter then renders at
+/// zero.
+fn register(families: &[Family]) {
+    for family in families {
+        // Every duration is in seconds, and only durations are.
+        let unit = family
+            .name
+            .ends_with("_seconds")
+            .then_some(metrics::Unit::Seconds);
+        metrics::with_recorder(|r| {
+            let (name, help) = (family.name.into(), family.help.into());
+            match family.kind {
+                Kind::Counter => r.describe_counter(name, unit, help),
+                Kind::Histogram => r.describe_histogram(name, unit, help),
+                Kind::Gauge => r.describe_gauge(name, unit, help),
+            }
+        });
+        for labels in (family.series)() {
+            match family.kind {
+                Kind::Counter => drop(metrics::counter!(family.name, &labels)),
+                Kind::Histogram => drop(metrics::histogram!(family.name, &labels)),
+                Kind::Gauge => {}
+            }
+        }
+    }
+}
+
+/// Registers the series of every store of the catalog at zero: rows deleted or anonymized by
+/// action, and the batch durations of the stores erased by their own keys.
+pub fn register_stores(catalog: &Catalog) {
+    for (i, store) in catalog.stores.iter().enumerate() {
+        let label = store.name.clone();
+        match store.action {
+            Action::Delete => {
+                drop(metrics::counter!("erasure_rows_deleted_total", "store" => label.clone()))
+            }
+            Action::Anonymize(_) => {
+                drop(metrics::counter!("erasure_rows_anonymized_total", "store" => label.clone()))
+            }
+        }
+        if catalog.roots().any(|(root, _)| root == i) {
+            drop(metrics::histogram!("erasure_delete_batch_seconds", "store" => label));
+        }
+    }
+}
+
+/// An enum whose variants are the values of a metric label: `ALL` (exported at zero from the
+/// start) and `label` (what is recorded) both come from the one list written here.
+macro_rules! label_values {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident {
+        $($(#[$vmeta:meta])* $variant:ident => $label:literal,)+
+    }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        $vis enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            pub fn label(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+        }
+    };
+}
+pub(crate) use label_values;
 
 /// Counts a request that this process just settled and records how long it took, creation to
 /// settling (read by the statement that settled it). Called by the store's settling arrows.

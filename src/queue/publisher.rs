@@ -2,10 +2,7 @@
 //! (an unroutable message is an error, not a silent drop) and confirmed by the broker before
 //! the caller moves on.
 
-use std::{
-    sync::{Arc, OnceLock, Weak},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, anyhow, bail};
 use lapin::{
@@ -15,14 +12,16 @@ use lapin::{
 };
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use super::Topology;
 use crate::store::outbox::{self, OutboxMessage};
 
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Messages waiting for the background publisher; when it is full, a message is left to the
-/// outbox relay instead (it is committed, so nothing is lost, only delayed).
+/// Messages waiting for the background publisher; when it is full (or the background publisher
+/// is not running), a message is left to the outbox relay instead (it is committed, so nothing
+/// is lost, only delayed).
 const PENDING: usize = 4096;
 /// Most messages one background round publishes and clears together.
 const ROUND: usize = 256;
@@ -32,53 +31,66 @@ pub struct Publisher {
     name: String,
     topology: Topology,
     state: Mutex<Option<(Connection, Channel)>>,
-    pending: OnceLock<mpsc::Sender<OutboxMessage>>,
+    pending: mpsc::Sender<OutboxMessage>,
+    /// The other end of `pending`, taken by [`Publisher::publish_in_background`].
+    pending_rx: std::sync::Mutex<Option<mpsc::Receiver<OutboxMessage>>>,
 }
 
 impl Publisher {
     pub fn new(url: &str, name: &str, topology: Topology) -> Self {
+        let (pending, pending_rx) = mpsc::channel(PENDING);
         Self {
             url: url.into(),
             name: name.into(),
             topology,
             state: Mutex::new(None),
-            pending: OnceLock::new(),
+            pending,
+            pending_rx: std::sync::Mutex::new(Some(pending_rx)),
         }
     }
 
-    /// Publishes a committed outbox message soon, in the background, together with whatever
-    /// else is waiting: one round publishes them all with pipelined confirms and deletes the
-    /// confirmed ones in one statement, so a busy intake pays one clean-up statement per round
-    /// rather than per call. If the process dies first, or the queue is full, the outbox relay
+    /// Publishes a committed outbox message soon, in the background
+    /// ([`Publisher::publish_in_background`]), together with whatever else is waiting: one round
+    /// publishes them all with pipelined confirms and deletes the confirmed ones in one
+    /// statement, so a busy intake pays one clean-up statement per round rather than per call.
+    /// If the process dies first, the queue is full or the service is stopping, the outbox relay
     /// publishes the message instead.
-    pub fn publish_soon(self: &Arc<Self>, pool: &PgPool, message: OutboxMessage) {
-        let pending = self.pending.get_or_init(|| {
-            let (tx, rx) = mpsc::channel(PENDING);
-            // A weak reference: the task ends when the publisher is dropped (the sender with it).
-            tokio::spawn(Self::publish_pending(
-                Arc::downgrade(self),
-                pool.clone(),
-                rx,
-            ));
-            tx
-        });
-        // Full (the broker is slow or away): the relay's pass publishes it, and logs that it did.
-        let _ = pending.try_send(message);
+    pub fn publish_soon(&self, message: OutboxMessage) {
+        // Full or closed: the relay's pass publishes it, and logs that it did.
+        let _ = self.pending.try_send(message);
     }
 
-    async fn publish_pending(
-        publisher: Weak<Self>,
-        pool: PgPool,
-        mut rx: mpsc::Receiver<OutboxMessage>,
-    ) {
+    /// The background publisher of [`Publisher::publish_soon`], run once per publisher (the
+    /// service spawns it in its `TaskTracker`; another call returns at once). When `cancel`
+    /// fires it takes no more messages, gives those already queued one last round (bounded by
+    /// the confirm timeout: shutdown must not hang on a broker that is away) and returns; the
+    /// relay publishes whatever that round did not.
+    pub async fn publish_in_background(self: Arc<Self>, pool: PgPool, cancel: CancellationToken) {
+        let taken = self.pending_rx.lock().expect("pending lock").take();
+        let Some(mut rx) = taken else {
+            return;
+        };
         let mut round = Vec::with_capacity(ROUND);
-        while rx.recv_many(&mut round, ROUND).await > 0 {
-            let Some(publisher) = publisher.upgrade() else {
-                return;
-            };
-            publisher.publish_outbox(&pool, &round).await;
-            round.clear();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                n = rx.recv_many(&mut round, ROUND) => {
+                    if n == 0 {
+                        return;
+                    }
+                    self.publish_outbox(&pool, &round).await;
+                    round.clear();
+                }
+            }
         }
+        rx.close();
+        let last = async {
+            while rx.recv_many(&mut round, ROUND).await > 0 {
+                self.publish_outbox(&pool, &round).await;
+                round.clear();
+            }
+        };
+        let _ = tokio::time::timeout(CONFIRM_TIMEOUT, last).await;
     }
 
     pub fn topology(&self) -> &Topology {

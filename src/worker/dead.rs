@@ -35,7 +35,7 @@ pub async fn dead_letter(
     reason: &str,
     payload: &[u8],
 ) -> Filed {
-    let recorded = retry::transient(budget, "record_dead_letter", || {
+    let recorded = retry::transient(budget, retry::Operation::RecordDeadLetter, || {
         dead_letters::record(pool, subject, routing_key, reason, payload)
     })
     .await;

@@ -79,7 +79,20 @@ pub enum Step {
     Stale,
 }
 
+/// The kinds of job (`Job::NAME`), the `kind` label of their metrics.
+pub const JOB_KINDS: [&str; 2] = [super::plan::PlanJob::NAME, super::task::TaskJob::NAME];
+
 impl Step {
+    /// Every step's name, the `step` label of `erasure_job_steps_total`.
+    pub const NAMES: [&'static str; 6] = [
+        "planned",
+        "settled_at_planning",
+        "duplicate",
+        "drained",
+        "continued",
+        "stale",
+    ];
+
     pub fn name(&self) -> &'static str {
         match self {
             Self::Planned { .. } => "planned",

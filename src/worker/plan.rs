@@ -54,7 +54,10 @@ impl Job for PlanJob {
         msg: &EraseMessage,
         _stop: &CancellationToken,
     ) -> Result<Step, JobError> {
-        retry::transient(ctx.retry_budget(), "plan", || plan(ctx, msg)).await
+        retry::transient(ctx.retry_budget(), retry::Operation::Plan, || {
+            plan(ctx, msg)
+        })
+        .await
     }
 }
 

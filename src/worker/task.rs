@@ -80,7 +80,7 @@ fn malformed(e: &serde_json::Error) -> &'static str {
 /// Works one slice of the message's tasks.
 pub async fn run(ctx: &Ctx, msg: &TaskMessage, stop: &CancellationToken) -> Result<Step, JobError> {
     let bots = msg.bots();
-    let group = retry::transient(ctx.retry_budget(), "load_task", || {
+    let group = retry::transient(ctx.retry_budget(), retry::Operation::LoadTask, || {
         tasks::load(&ctx.pool, &msg.request_id, &bots)
     })
     .await?
@@ -120,10 +120,11 @@ pub async fn run(ctx: &Ctx, msg: &TaskMessage, stop: &CancellationToken) -> Resu
         "slice worked"
     );
     if drained {
-        let completed = retry::transient(ctx.retry_budget(), "complete_task", || {
-            tasks::complete(&ctx.pool, &msg.request_id, &bots)
-        })
-        .await?;
+        let completed =
+            retry::transient(ctx.retry_budget(), retry::Operation::CompleteTask, || {
+                tasks::complete(&ctx.pool, &msg.request_id, &bots)
+            })
+            .await?;
         metrics::counter!("erasure_tasks_completed_total").increment(completed.tasks);
         if let Some(settled) = completed.settled {
             tracing::info!(status = %settled.status, "request settled");
@@ -131,7 +132,7 @@ pub async fn run(ctx: &Ctx, msg: &TaskMessage, stop: &CancellationToken) -> Resu
         return Ok(Step::Drained);
     }
     let next_slice = msg.slice + 1;
-    let messages = retry::transient(ctx.retry_budget(), "continue_task", || {
+    let messages = retry::transient(ctx.retry_budget(), retry::Operation::ContinueTask, || {
         tasks::advance(&ctx.pool, &msg.request_id, &bots, msg.slice, |advanced| {
             continuations(&msg.request_id, advanced, next_slice)
                 .iter()
@@ -154,19 +155,21 @@ async fn recheck(
     id: &RequestId,
     users: &[PlatformUserId],
 ) -> Result<Vec<PlatformUserId>, JobError> {
-    let protections = retry::transient(ctx.retry_budget(), "recheck_protection", || {
-        store::platform::protections(&ctx.pool, users)
-    })
+    let protections = retry::transient(
+        ctx.retry_budget(),
+        retry::Operation::RecheckProtection,
+        || store::platform::protections(&ctx.pool, users),
+    )
     .await?;
     if protections.is_empty() {
         return Ok(users.to_vec());
     }
-    Ok(
-        retry::transient(ctx.retry_budget(), "reject_protected", || {
-            requests::reject_protected(&ctx.pool, id, &protections)
-        })
-        .await?,
+    Ok(retry::transient(
+        ctx.retry_budget(),
+        retry::Operation::RejectProtected,
+        || requests::reject_protected(&ctx.pool, id, &protections),
     )
+    .await?)
 }
 
 /// Runs the root stores at once, each on its own connection: they are separate tables, so
@@ -208,7 +211,7 @@ async fn drain(
             break;
         }
         let started = Instant::now();
-        let batch = retry::transient(ctx.retry_budget(), "delete_batch", || {
+        let batch = retry::transient(ctx.retry_budget(), retry::Operation::DeleteBatch, || {
             ctx.targets.batch(root, target, limit, round == 0)
         })
         .await?;

@@ -9,6 +9,7 @@ mod deploy;
 mod erase_flow;
 mod faults;
 mod fleet;
+mod fuzz;
 mod intake;
 mod jobs;
 mod migrations;

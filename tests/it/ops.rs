@@ -10,7 +10,12 @@ use std::{
 };
 
 use clap::Parser;
-use erasure::{cli::Cli, config::SETTINGS, startup::Role};
+use erasure::{
+    cli::Cli,
+    config::SETTINGS,
+    startup::Role,
+    telemetry::{FAMILIES, Kind},
+};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -180,7 +185,8 @@ async fn an_erasure_through_the_binary_shows_in_metrics_and_json_logs() {
             .await
             .unwrap();
         // Counters move just after the commit that tests observe, so wait for them too.
-        let settled = sample(&text, "erasure_requests_finished_total", &[]) == Some(1.0);
+        let completed = [("status", "completed")];
+        let settled = sample(&text, "erasure_requests_finished_total", &completed) == Some(1.0);
         if settled && sample(&text, "erasure_outbox_backlog", &[]) == Some(0.0) {
             break;
         }
@@ -269,6 +275,56 @@ async fn an_erasure_through_the_binary_shows_in_metrics_and_json_logs() {
         );
     }
     assert!(logs.iter().any(|l| l["fields"]["message"] == "stopped"));
+}
+
+#[tokio::test]
+async fn a_fresh_service_exports_every_counter_and_histogram_at_zero() {
+    let env = TestEnv::with_vars(&[("ERASURE_LOG_FORMAT", "json")]).await;
+    // A process of its own: this test binary's recorder has counted other tests' calls.
+    let child = Child::serve(&env.vars, "all").await;
+    let started = child.wait_for("erasure started").await;
+    let base = format!("http://{}", started["fields"]["http"].as_str().unwrap());
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    let mut checked = 0;
+    for family in FAMILIES.iter().filter(|f| f.kind != Kind::Gauge) {
+        let series = (family.series)();
+        assert!(!series.is_empty(), "{} has no series", family.name);
+        let samples: &[&str] = match family.kind {
+            Kind::Histogram => &["_count", "_sum"],
+            _ => &[""],
+        };
+        for labels in &series {
+            for suffix in samples {
+                let name = format!("{}{suffix}", family.name);
+                assert_eq!(
+                    sample(&text, &name, labels),
+                    Some(0.0),
+                    "{name}{labels:?} at zero in:\n{text}"
+                );
+                checked += 1;
+            }
+        }
+        let kind = if family.kind == Kind::Counter {
+            "counter"
+        } else {
+            "histogram"
+        };
+        assert!(
+            text.contains(&format!("# TYPE {} {kind}", family.name)),
+            "{} is typed in:\n{text}",
+            family.name
+        );
+    }
+    // Every refusal reason, store and retried operation, not just one series a family.
+    assert!(checked > 40, "{checked} series");
+    let (status, _) = child.terminate().await;
+    assert!(status.success());
 }
 
 /// A local port nothing listens on.
@@ -479,6 +535,31 @@ fn sources(dir: &Path) -> String {
         }
     }
     text
+}
+
+/// The string literal that follows each `prefix` in `code`.
+fn literals_after<'a>(code: &'a str, prefix: &str) -> Vec<&'a str> {
+    code.split(prefix)
+        .skip(1)
+        .filter_map(|rest| rest.trim_start().strip_prefix('"')?.split('"').next())
+        .collect()
+}
+
+#[test]
+fn every_recorded_metric_is_a_family_exported_from_the_start() {
+    let code = sources(&repo().join("src"));
+    let families: Vec<&str> = FAMILIES.iter().map(|f| f.name).collect();
+    let recorded: Vec<&str> = ["counter", "gauge", "histogram"]
+        .iter()
+        .flat_map(|kind| literals_after(&code, &format!("metrics::{kind}!(")))
+        .collect();
+    assert!(recorded.len() >= 15, "{recorded:?}");
+    for name in recorded {
+        assert!(
+            families.contains(&name),
+            "{name} is not in telemetry::FAMILIES"
+        );
+    }
 }
 
 #[test]
