@@ -100,7 +100,7 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
     if role.worker() {
         check_targets(&targets).await?;
     }
-    telemetry::register_stores(&targets.catalog);
+    telemetry::register(&targets.catalog);
     let topology = Topology::new(&config.queue.prefix, config.queue.max_deliveries);
     let publisher = Arc::new(Publisher::new(
         config.queue.amqp_url.primary(),

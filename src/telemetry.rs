@@ -9,7 +9,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::{
-    catalog::{Action, Catalog},
+    catalog::{ANONYMIZE, Catalog, DELETE},
     config::LogFormat,
     domain::RequestStatus,
     intake::error::Outcome,
@@ -38,8 +38,8 @@ pub fn init_logs(format: LogFormat, filter: &str) {
     };
 }
 
-/// The process-wide Prometheus handle (installed on first use), with every family of
-/// [`FAMILIES`] described and its known series registered.
+/// The process-wide Prometheus handle (installed on first use); [`register`] describes the
+/// families and registers their known series.
 pub fn metrics() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -63,14 +63,13 @@ pub fn metrics() -> PrometheusHandle {
                 .build_recorder();
             let handle = recorder.handle();
             let _ = metrics::set_global_recorder(recorder);
-            register(FAMILIES);
             handle
         })
         .clone()
 }
 
 /// Label pairs of one series.
-pub type Labels = Vec<(&'static str, &'static str)>;
+pub type Labels = Vec<(&'static str, String)>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -86,10 +85,14 @@ pub struct Family {
     pub help: &'static str,
     /// The series exported at zero before anything is recorded, so that `rate()` and
     /// absent-alerts see the family from the first scrape.
-    pub series: fn() -> Vec<Labels>,
+    pub series: fn(&Catalog) -> Vec<Labels>,
 }
 
-const fn counter(name: &'static str, help: &'static str, series: fn() -> Vec<Labels>) -> Family {
+const fn counter(
+    name: &'static str,
+    help: &'static str,
+    series: fn(&Catalog) -> Vec<Labels>,
+) -> Family {
     Family {
         name,
         kind: Kind::Counter,
@@ -98,7 +101,11 @@ const fn counter(name: &'static str, help: &'static str, series: fn() -> Vec<Lab
     }
 }
 
-const fn histogram(name: &'static str, help: &'static str, series: fn() -> Vec<Labels>) -> Family {
+const fn histogram(
+    name: &'static str,
+    help: &'static str,
+    series: fn(&Catalog) -> Vec<Labels>,
+) -> Family {
     Family {
         name,
         kind: Kind::Histogram,
@@ -114,24 +121,32 @@ const fn gauge(name: &'static str, help: &'static str) -> Family {
         name,
         kind: Kind::Gauge,
         help,
-        series: Vec::new,
+        series: |_| Vec::new(),
     }
 }
 
-fn unlabelled() -> Vec<Labels> {
+fn unlabelled(_: &Catalog) -> Vec<Labels> {
     vec![Vec::new()]
 }
 
-fn each(label: &'static str, values: impl IntoIterator<Item = &'static str>) -> Vec<Labels> {
-    values.into_iter().map(|v| vec![(label, v)]).collect()
+fn each<V: Into<String>>(label: &'static str, values: impl IntoIterator<Item = V>) -> Vec<Labels> {
+    values
+        .into_iter()
+        .map(|v| vec![(label, v.into())])
+        .collect()
 }
 
-/// The stores come from the target catalog, read at start: see [`register_stores`].
-fn stores() -> Vec<Labels> {
-    Vec::new()
+/// The stores of the catalog that `action` erases.
+fn stores(catalog: &Catalog, action: &str) -> Vec<Labels> {
+    each("store", catalog.names(action))
 }
 
-fn settled() -> Vec<Labels> {
+/// The stores erased by their own keys: each batch is one of theirs, children included.
+fn roots(catalog: &Catalog) -> Vec<Labels> {
+    each("store", catalog.roots().map(|(_, s)| s.name.clone()))
+}
+
+fn settled(_: &Catalog) -> Vec<Labels> {
     each(
         "status",
         RequestStatus::ALL
@@ -141,7 +156,7 @@ fn settled() -> Vec<Labels> {
     )
 }
 
-fn kinds() -> Vec<Labels> {
+fn kinds(_: &Catalog) -> Vec<Labels> {
     each("kind", JOB_KINDS)
 }
 
@@ -151,7 +166,16 @@ pub const FAMILIES: &[Family] = &[
     counter(
         "erasure_intake_requests_total",
         "Erase calls at the intake by outcome (accepted, replayed, refused) and refusal reason",
-        || Outcome::all().map(|o| o.labels().to_vec()).collect(),
+        |_| {
+            Outcome::all()
+                .map(|o| {
+                    o.labels()
+                        .iter()
+                        .map(|(k, v)| (*k, v.to_string()))
+                        .collect()
+                })
+                .collect()
+        },
     ),
     histogram(
         "erasure_intake_seconds",
@@ -191,10 +215,12 @@ pub const FAMILIES: &[Family] = &[
     counter(
         "erasure_job_steps_total",
         "Deliveries handled, by kind (plan, task) and step (planned, settled_at_planning, duplicate, drained, continued, stale)",
-        || {
+        |_| {
             JOB_KINDS
                 .into_iter()
-                .flat_map(|k| Step::NAMES.map(|s| vec![("kind", k), ("step", s)]))
+                .flat_map(|k| {
+                    Step::NAMES.map(|s| vec![("kind", k.to_string()), ("step", s.to_string())])
+                })
                 .collect()
         },
     ),
@@ -211,17 +237,17 @@ pub const FAMILIES: &[Family] = &[
     counter(
         "erasure_rows_deleted_total",
         "Platform rows deleted, by store",
-        stores,
+        |c| stores(c, DELETE),
     ),
     counter(
         "erasure_rows_anonymized_total",
         "Platform rows kept but anonymized, by store",
-        stores,
+        |c| stores(c, ANONYMIZE),
     ),
     histogram(
         "erasure_delete_batch_seconds",
         "Duration of one batch delete statement, by store",
-        stores,
+        roots,
     ),
     gauge(
         "erasure_delete_batch_max_seconds",
@@ -248,19 +274,19 @@ pub const FAMILIES: &[Family] = &[
     counter(
         "erasure_consumer_reconnects_total",
         "Consumer reconnections after a lost connection",
-        || each("queue", Consumer::ALL.iter().map(|c| c.label())),
+        |_| each("queue", Consumer::ALL.iter().map(|c| c.label())),
     ),
     counter(
         "erasure_db_retries_total",
         "Database operations retried after a transient error",
-        || each("operation", retry::Operation::ALL.iter().map(|o| o.label())),
+        |_| each("operation", retry::Operation::ALL.iter().map(|o| o.label())),
     ),
 ];
 
-/// Describes every family and registers its known series, which the exporter then renders at
-/// zero.
-fn register(families: &[Family]) {
-    for family in families {
+/// Describes every family and registers its known series (the stores' from the target
+/// catalog), which the exporter then renders at zero. Called once the catalog is read.
+pub fn register(catalog: &Catalog) {
+    for family in FAMILIES {
         // Every duration is in seconds, and only durations are.
         let unit = family
             .name
@@ -274,31 +300,12 @@ fn register(families: &[Family]) {
                 Kind::Gauge => r.describe_gauge(name, unit, help),
             }
         });
-        for labels in (family.series)() {
+        for labels in (family.series)(catalog) {
             match family.kind {
                 Kind::Counter => drop(metrics::counter!(family.name, &labels)),
                 Kind::Histogram => drop(metrics::histogram!(family.name, &labels)),
                 Kind::Gauge => {}
             }
-        }
-    }
-}
-
-/// Registers the series of every store of the catalog at zero: rows deleted or anonymized by
-/// action, and the batch durations of the stores erased by their own keys.
-pub fn register_stores(catalog: &Catalog) {
-    for (i, store) in catalog.stores.iter().enumerate() {
-        let label = store.name.clone();
-        match store.action {
-            Action::Delete => {
-                drop(metrics::counter!("erasure_rows_deleted_total", "store" => label.clone()))
-            }
-            Action::Anonymize(_) => {
-                drop(metrics::counter!("erasure_rows_anonymized_total", "store" => label.clone()))
-            }
-        }
-        if catalog.roots().any(|(root, _)| root == i) {
-            drop(metrics::histogram!("erasure_delete_batch_seconds", "store" => label));
         }
     }
 }

@@ -161,59 +161,21 @@ enum Kind {
     Histogram,
 }
 
-/// Every metric recorded under src/, by name: the string literal (or a `const` of the same
-/// file) that starts each `counter!(`, `gauge!(` and `histogram!(` call.
+/// Every metric the service records, by name: `telemetry::FAMILIES`, which a test in ops.rs
+/// holds against every `counter!`, `gauge!` and `histogram!` call in src/.
 fn recorded_metrics() -> BTreeMap<String, Kind> {
-    let mut found = BTreeMap::new();
-    for file in rust_files(&repo().join("src")) {
-        let text = std::fs::read_to_string(&file).unwrap();
-        for (macro_name, kind) in [
-            ("counter!(", Kind::Counter),
-            ("gauge!(", Kind::Gauge),
-            ("histogram!(", Kind::Histogram),
-        ] {
-            for (at, _) in text.match_indices(macro_name) {
-                if text[..at].ends_with("describe_") {
-                    continue;
-                }
-                let name = first_argument(&text, &text[at + macro_name.len()..])
-                    .unwrap_or_else(|| panic!("{file:?}: cannot read the name of a {macro_name}"));
-                if let Some(before) = found.insert(name.clone(), kind) {
-                    assert_eq!(before, kind, "{name} is recorded as two kinds of metric");
-                }
-            }
-        }
-    }
-    found
-}
-
-fn rust_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(rust_files(&path));
-        } else if path.extension().is_some_and(|x| x == "rs") {
-            files.push(path);
-        }
-    }
-    files
-}
-
-/// A macro's first argument: a string literal, or a `const NAME: &str = "…"` of the file.
-fn first_argument(file: &str, args: &str) -> Option<String> {
-    let args = args.trim_start();
-    if let Some(rest) = args.strip_prefix('"') {
-        return rest.split('"').next().map(String::from);
-    }
-    let ident: String = args
-        .chars()
-        .take_while(|c| c.is_alphanumeric() || *c == '_')
-        .collect();
-    let decl = format!("const {ident}: &str =");
-    let at = file.find(&decl)?;
-    let rest = file[at + decl.len()..].trim_start().strip_prefix('"')?;
-    rest.split('"').next().map(String::from)
+    use erasure::telemetry::{FAMILIES, Kind as Recorded};
+    FAMILIES
+        .iter()
+        .map(|f| {
+            let kind = match f.kind {
+                Recorded::Counter => Kind::Counter,
+                Recorded::Gauge => Kind::Gauge,
+                Recorded::Histogram => Kind::Histogram,
+            };
+            (f.name.to_string(), kind)
+        })
+        .collect()
 }
 
 /// Metric names in a PromQL expression: identifiers starting with `erasure_`, outside string

@@ -291,10 +291,31 @@ async fn a_fresh_service_exports_every_counter_and_histogram_at_zero() {
         .await
         .unwrap();
 
+    // The built-in catalog anonymizes nothing: its anonymized rows have no series to show,
+    // which a catalog with an anonymized store gives them.
+    let built_in = erasure::catalog::Catalog::built_in();
+    let anonymizing = erasure::catalog::Catalog::parse(
+        r#"[[stores]]
+           name = "events"
+           table = "events"
+           user_column = "u"
+           bot_column = "b"
+           action = "anonymize"
+           anonymize = { u = "hmac" }"#,
+        erasure::catalog::Source::BuiltIn,
+    )
+    .unwrap();
     let mut checked = 0;
     for family in FAMILIES.iter().filter(|f| f.kind != Kind::Gauge) {
-        let series = (family.series)();
-        assert!(!series.is_empty(), "{} has no series", family.name);
+        let series = (family.series)(&built_in);
+        if series.is_empty() {
+            assert!(
+                !(family.series)(&anonymizing).is_empty(),
+                "{} has no series",
+                family.name
+            );
+            continue;
+        }
         let samples: &[&str] = match family.kind {
             Kind::Histogram => &["_count", "_sum"],
             _ => &[""],
@@ -303,7 +324,14 @@ async fn a_fresh_service_exports_every_counter_and_histogram_at_zero() {
             for suffix in samples {
                 let name = format!("{}{suffix}", family.name);
                 assert_eq!(
-                    sample(&text, &name, labels),
+                    sample(
+                        &text,
+                        &name,
+                        &labels
+                            .iter()
+                            .map(|(k, v)| (*k, v.as_str()))
+                            .collect::<Vec<_>>(),
+                    ),
                     Some(0.0),
                     "{name}{labels:?} at zero in:\n{text}"
                 );
