@@ -43,6 +43,7 @@ crate::telemetry::label_values! {
         LoadTask => "load_task",
         RecheckProtection => "recheck_protection",
         RejectProtected => "reject_protected",
+        SyncCounts => "sync_counts",
         CompleteTask => "complete_task",
         ContinueTask => "continue_task",
         DeleteBatch => "delete_batch",

@@ -106,6 +106,9 @@ pub struct Targets {
     roots: Vec<Root>,
     main: PgPool,
     others: BTreeMap<String, PgPool>,
+    /// Per further database: its ledger exists (created on first use, so that a database
+    /// that was down when the process started works once it answers).
+    ledgers: BTreeMap<String, tokio::sync::OnceCell<()>>,
     hmac: HmacPads,
 }
 
@@ -172,6 +175,10 @@ impl Targets {
             })
             .collect();
         Self {
+            ledgers: others
+                .keys()
+                .map(|k| (k.clone(), tokio::sync::OnceCell::new()))
+                .collect(),
             catalog,
             roots,
             main,
@@ -217,9 +224,21 @@ impl Targets {
             .find(|r| r.store == root)
             .expect("a root of this catalog");
         let database = self.catalog.stores[root].database.as_deref();
+        if let Some(db) = database {
+            self.ensure_ledger(db)
+                .await
+                .map_err(DbError::in_database(database))?;
+        }
         batch::run(self, r, database, target, limit, first)
             .await
             .map_err(DbError::in_database(database))
+    }
+
+    async fn ensure_ledger(&self, database: &str) -> Result<(), sqlx::Error> {
+        self.ledgers[database]
+            .get_or_try_init(|| ledger::ensure(self.pool(Some(database))))
+            .await
+            .map(drop)
     }
 
     /// Brings the counts of every other database's ledger for `bots` of `request` into the
@@ -227,6 +246,9 @@ impl Targets {
     /// count's here, the count is not lost.
     pub async fn sync_counts(&self, request: &RequestId, bots: &[BotId]) -> Result<(), DbError> {
         for (name, pool) in &self.others {
+            self.ensure_ledger(name)
+                .await
+                .map_err(DbError::in_database(Some(name)))?;
             let entries = ledger::entries(pool, request, bots)
                 .await
                 .map_err(DbError::in_database(Some(name)))?;

@@ -120,6 +120,12 @@ pub async fn run(ctx: &Ctx, msg: &TaskMessage, stop: &CancellationToken) -> Resu
         "slice worked"
     );
     if drained {
+        // A count left in another database's ledger by a crash is brought in first: the
+        // request settles with every row counted.
+        retry::transient(ctx.retry_budget(), retry::Operation::SyncCounts, || {
+            ctx.targets.sync_counts(&msg.request_id, &bots)
+        })
+        .await?;
         let completed =
             retry::transient(ctx.retry_budget(), retry::Operation::CompleteTask, || {
                 tasks::complete(&ctx.pool, &msg.request_id, &bots)

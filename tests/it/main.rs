@@ -4,6 +4,7 @@
 mod helpers;
 
 mod bench_smoke;
+mod catalog;
 mod cli;
 mod deploy;
 mod erase_flow;
