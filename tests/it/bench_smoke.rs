@@ -28,7 +28,11 @@ async fn the_bench_produces_every_figure_and_the_service_matches_plain_sql() {
         ("--small-rate", "50"),
         ("--small-concurrency", "4"),
         ("--big-rows", "3000"),
-        ("--scenarios", "bulk,small,big,replicas,ceiling"),
+        ("--child-users", "3"),
+        ("--child-others", "2"),
+        ("--child-bots", "2"),
+        ("--child-conversations", "2"),
+        ("--scenarios", "bulk,small,big,replicas,ceiling,child"),
         ("--workers", "1"),
         ("--replicas", "1,2"),
         ("--ceiling", "100000"),
@@ -95,6 +99,14 @@ async fn the_bench_produces_every_figure_and_the_service_matches_plain_sql() {
         "replicas_transient_retries",
         "ceiling_rows_per_s_limit",
         "ceiling_rows_per_s_achieved",
+        "child_users",
+        "child_rows_floor",
+        "child_seconds_floor",
+        "child_rows_per_s_floor",
+        "child_rows_service",
+        "child_seconds_service",
+        "child_rows_per_s_service",
+        "child_ratio",
     ];
     for key in expected {
         let v = get(key).unwrap_or_else(|| panic!("figure {key} is missing"));
@@ -109,6 +121,9 @@ async fn the_bench_produces_every_figure_and_the_service_matches_plain_sql() {
     assert_eq!(get("replicas_failed_tasks"), Some(0.0));
     assert!(get("big_worker_peak_rss_mib").unwrap() > 0.0);
     assert!(get("big_delete_statements").unwrap() >= 1.0);
+    // 3 users × 2 bots × 2 conversations, each with 3 messages of 2 attachments.
+    assert_eq!(get("child_rows_floor"), Some(120.0));
+    assert_eq!(get("child_rows_service"), Some(120.0));
     assert!(
         figures.values().all(Value::is_number),
         "every figure is a number"

@@ -31,6 +31,7 @@ pub enum Scenario {
     Big,
     Replicas,
     Ceiling,
+    Child,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -60,12 +61,25 @@ pub struct BenchArgs {
     /// Rows of the one big user, in one bot.
     #[arg(long, default_value_t = 1_000_000)]
     pub big_rows: i64,
+    /// Users erased by the child scenario's request (from all its bots).
+    #[arg(long, default_value_t = 500)]
+    pub child_users: i64,
+    /// Users of the child scenario's platform who are not erased.
+    #[arg(long, default_value_t = 1_500)]
+    pub child_others: i64,
+    /// Bots of the child scenario's account.
+    #[arg(long, default_value_t = 5)]
+    pub child_bots: i64,
+    /// Conversations per user and bot in the child scenario, each with 3 messages of 2
+    /// attachments: 10 rows (12 × 5 bots × 500 users: 300,000 rows erased).
+    #[arg(long, default_value_t = 12)]
+    pub child_conversations: i64,
     /// Scenarios to run.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "bulk,small,big,replicas"
+        default_value = "bulk,small,big,replicas,child"
     )]
     pub scenarios: Vec<Scenario>,
     /// Worker processes of the bulk, small and big scenarios.
@@ -187,6 +201,14 @@ fn validate(opts: &Options) -> anyhow::Result<()> {
     if has(Scenario::Big) && opts.big_rows < 1 {
         bail!("--big-rows must be at least 1");
     }
+    if has(Scenario::Child)
+        && (opts.child_users < 1 || opts.child_users > 1000 || opts.child_bots < 1)
+    {
+        bail!("--child-users must be between 1 and 1000 (one request), --child-bots at least 1");
+    }
+    if has(Scenario::Child) && (opts.child_others < 0 || opts.child_conversations < 1) {
+        bail!("--child-others must be at least 0, --child-conversations at least 1");
+    }
     Ok(())
 }
 
@@ -261,6 +283,9 @@ async fn run_scenarios(opts: &Options) -> anyhow::Result<Figures> {
     }
     if let (true, Some(ceiling)) = (bench.has(Scenario::Ceiling), opts.ceiling) {
         scenarios::ceiling::run(&bench, ceiling, &mut figures).await?;
+    }
+    if bench.has(Scenario::Child) {
+        scenarios::child::run(&bench, &mut figures).await?;
     }
     intake.stop().await;
     bench.pool.close().await;

@@ -34,6 +34,10 @@ pub async fn platform(opts: &Options, pool: &PgPool, sets: i64) -> anyhow::Resul
         step("seeding the big user");
         seed::seed(pool, &spec(BIG_ACCOUNT, "g", 1, 1, opts.big_rows)).await?;
     }
+    if has(Scenario::Child) {
+        step("seeding the chat platform of the child scenario");
+        super::scenarios::child::seed(pool, opts).await?;
+    }
     if has(Scenario::Bulk) {
         step("copying the rows for the plain-SQL floor");
         floor::copy(pool).await?;

@@ -4,6 +4,7 @@
 pub mod big;
 pub mod bulk;
 pub mod ceiling;
+pub mod child;
 pub mod replicas;
 pub mod small;
 
