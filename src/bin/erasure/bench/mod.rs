@@ -10,6 +10,7 @@
 mod figures;
 mod floor;
 mod prepare;
+mod profile;
 mod scenarios;
 mod service;
 
@@ -32,6 +33,7 @@ pub enum Scenario {
     Replicas,
     Ceiling,
     Child,
+    Many,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -61,6 +63,14 @@ pub struct BenchArgs {
     /// Rows of the one big user, in one bot.
     #[arg(long, default_value_t = 1_000_000)]
     pub big_rows: i64,
+    /// Calls in flight in the many scenario (one request per user of a set of --bulk-users).
+    #[arg(long, default_value_t = 8)]
+    pub many_concurrency: usize,
+    /// Logs every statement of the bench database and prints, from PostgreSQL's log, what
+    /// each kind cost per request of the many scenario (run it with --scenarios many; the
+    /// log is /var/log/postgresql/postgresql-<major>-main.log, or ERASURE_BENCH_PG_LOG).
+    #[arg(long)]
+    pub profile: bool,
     /// Users erased by the child scenario's request (from all its bots).
     #[arg(long, default_value_t = 500)]
     pub child_users: i64,
@@ -79,7 +89,7 @@ pub struct BenchArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "bulk,small,big,replicas,child"
+        default_value = "bulk,small,big,replicas,child,many"
     )]
     pub scenarios: Vec<Scenario>,
     /// Worker processes of the bulk, small and big scenarios.
@@ -195,6 +205,12 @@ fn validate(opts: &Options) -> anyhow::Result<()> {
     if has(Scenario::Small) && (opts.small_requests < 1 || opts.small_rate <= 0.0) {
         bail!("--small-requests and --small-rate must be positive");
     }
+    if has(Scenario::Many) && opts.many_concurrency == 0 {
+        bail!("--many-concurrency must be at least 1");
+    }
+    if opts.profile && !has(Scenario::Many) {
+        bail!("--profile profiles the many scenario: add it to --scenarios");
+    }
     if has(Scenario::Small) && opts.small_concurrency == 0 {
         bail!("--small-concurrency must be at least 1");
     }
@@ -224,6 +240,9 @@ fn bulk_sets(opts: &Options) -> i64 {
     if opts.scenarios.contains(&Scenario::Ceiling) {
         n += 1;
     }
+    if opts.scenarios.contains(&Scenario::Many) {
+        n += 1;
+    }
     n
 }
 
@@ -232,6 +251,8 @@ struct Bench<'a> {
     opts: &'a Options,
     pool: PgPool,
     intake: Client,
+    /// The intake process, whose CPU the many scenario counts.
+    intake_pid: Option<u32>,
     /// How many disjoint sets of bulk users the platform was seeded for.
     sets: i64,
 }
@@ -254,6 +275,9 @@ async fn run_scenarios(opts: &Options) -> anyhow::Result<Figures> {
     let pool = store::connect_and_migrate(&opts.database_url, 8, Duration::from_secs(600))
         .await
         .context("preparing the bench database")?;
+    if opts.profile {
+        profile::log_every_statement(&pool).await?;
+    }
     let mut figures = Figures::default();
     let started = Instant::now();
     prepare::platform(opts, &pool, bulk_sets(opts)).await?;
@@ -267,6 +291,7 @@ async fn run_scenarios(opts: &Options) -> anyhow::Result<Figures> {
         opts,
         pool,
         intake: Client::with_http(&intake.base_url(), http),
+        intake_pid: intake.pid(),
         sets: bulk_sets(opts),
     };
     if bench.has(Scenario::Bulk) {
@@ -286,6 +311,9 @@ async fn run_scenarios(opts: &Options) -> anyhow::Result<Figures> {
     }
     if bench.has(Scenario::Child) {
         scenarios::child::run(&bench, &mut figures).await?;
+    }
+    if bench.has(Scenario::Many) {
+        scenarios::many::run(&bench, &mut figures).await?;
     }
     intake.stop().await;
     bench.pool.close().await;

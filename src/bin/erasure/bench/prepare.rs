@@ -38,14 +38,14 @@ pub async fn platform(opts: &Options, pool: &PgPool, sets: i64) -> anyhow::Resul
         step("seeding the chat platform of the child scenario");
         super::scenarios::child::seed(pool, opts).await?;
     }
-    if has(Scenario::Bulk) {
+    if has(Scenario::Bulk) || has(Scenario::Many) {
         step("copying the rows for the plain-SQL floor");
         floor::copy(pool).await?;
     }
     step("vacuuming");
     for t in STORE_TABLES {
         sql(pool, &format!("VACUUM ANALYZE platform.{t}")).await?;
-        if has(Scenario::Bulk) {
+        if has(Scenario::Bulk) || has(Scenario::Many) {
             sql(pool, &format!("VACUUM ANALYZE {}.{t}", floor::FLOOR_SCHEMA)).await?;
         }
     }

@@ -82,6 +82,11 @@ impl Service {
         Ok(svc)
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }

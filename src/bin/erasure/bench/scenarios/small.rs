@@ -23,7 +23,11 @@ pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()>
     let phases = [("fixed", Some(opts.small_rate), fixed), ("max", None, fast)];
     for (name, rate, users) in phases {
         step(&format!("small: {name} rate"));
-        let accepted = submit(bench, &token, &users, rate).await?;
+        let bodies = users
+            .iter()
+            .map(|u| json!({"userIds": [format!("u-s-{u}")], "botIds": ["st-s-1", "st-s-2"]}))
+            .collect();
+        let accepted = submit(bench, &token, bodies, rate, opts.small_concurrency).await?;
         let settled = settle(bench, &accepted.ids).await?;
         figures.set(format!("small_{name}_offered_per_s"), rate.unwrap_or(0.0));
         figures.set(format!("small_{name}_accepted_per_s"), accepted.per_s);
@@ -37,38 +41,38 @@ pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()>
     Ok(())
 }
 
-struct Accepted {
-    ids: Vec<String>,
+pub struct Accepted {
+    pub ids: Vec<String>,
     /// Accepted requests over the time from the first call to the last acceptance.
-    per_s: f64,
-    refused: u64,
+    pub per_s: f64,
+    pub refused: u64,
 }
 
-/// Submits one request per user, at `rate` per second or as fast as `--small-concurrency`
-/// calls in flight allow.
-async fn submit(
+/// Submits one request per body, at `rate` per second or as fast as `concurrency` calls in
+/// flight allow.
+pub async fn submit(
     bench: &Bench<'_>,
     token: &str,
-    users: &[i64],
+    bodies: Vec<serde_json::Value>,
     rate: Option<f64>,
+    concurrency: usize,
 ) -> anyhow::Result<Accepted> {
-    let bar = bar(users.len() as u64, "accepted");
-    let gate = Arc::new(Semaphore::new(bench.opts.small_concurrency));
+    let bar = bar(bodies.len() as u64, "accepted");
+    let gate = Arc::new(Semaphore::new(concurrency));
     let mut tick = rate.map(|r| {
         let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         t
     });
     let started = Instant::now();
-    let mut calls = Vec::with_capacity(users.len());
-    for &u in users {
+    let mut calls = Vec::with_capacity(bodies.len());
+    for body in bodies {
         if let Some(t) = tick.as_mut() {
             t.tick().await;
         }
         let permit = gate.clone().acquire_owned().await?;
         let (intake, token, bar) = (bench.intake.clone(), token.to_string(), bar.clone());
         calls.push(tokio::spawn(async move {
-            let body = json!({"userIds": [format!("u-s-{u}")], "botIds": ["st-s-1", "st-s-2"]});
             let r = intake.erase(&token, &body).send().await;
             drop(permit);
             bar.inc(1);
@@ -99,16 +103,16 @@ async fn submit(
     })
 }
 
-struct Settled {
+pub struct Settled {
     /// Settled requests over the time from the first one's creation to the last one's end.
-    per_s: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    rows: i64,
+    pub per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub rows: i64,
 }
 
 /// Waits for every request to settle, then reads their figures.
-async fn settle(bench: &Bench<'_>, ids: &[String]) -> anyhow::Result<Settled> {
+pub async fn settle(bench: &Bench<'_>, ids: &[String]) -> anyhow::Result<Settled> {
     let bar = bar(ids.len() as u64, "completed");
     loop {
         let open: i64 = sqlx::query_scalar(

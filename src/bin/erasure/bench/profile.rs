@@ -1,0 +1,229 @@
+//! Where the time goes: CPU seconds of the service's processes and of the PostgreSQL backends
+//! serving the bench database (from `/proc/<pid>/stat`), and, with `--profile`, every
+//! statement the bench database ran, read back from the server's log.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    io::{Read, Seek, SeekFrom},
+    path::PathBuf,
+};
+
+use anyhow::{Context, bail};
+use sqlx::PgPool;
+
+/// Linux reports process times in clock ticks of `USER_HZ`, 100 on every architecture it
+/// supports (part of its ABI, whatever the kernel's own HZ).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// CPU seconds (user + system) a process has used, if it still runs.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / TICKS_PER_SECOND)
+}
+
+/// The backends serving the bench database now (the service's pools keep theirs open).
+async fn backends(pool: &PgPool) -> anyhow::Result<Vec<u32>> {
+    let pids: Vec<i32> =
+        sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+            .fetch_all(pool)
+            .await?;
+    Ok(pids
+        .into_iter()
+        .filter_map(|p| u32::try_from(p).ok())
+        .collect())
+}
+
+/// CPU used between `start` and `finish`: by the service's processes, and by the backends of
+/// the bench database (those that ended during the run are missed; the bench's own polling
+/// connection is counted, a few milliseconds).
+pub struct Cpu {
+    service: Vec<(u32, f64)>,
+    backends: HashMap<u32, f64>,
+}
+
+impl Cpu {
+    pub async fn start(pool: &PgPool, service: &[u32]) -> anyhow::Result<Self> {
+        let service = service
+            .iter()
+            .filter_map(|&p| Some((p, cpu_seconds(p)?)))
+            .collect();
+        let backends = backends(pool)
+            .await?
+            .into_iter()
+            .filter_map(|p| Some((p, cpu_seconds(p)?)))
+            .collect();
+        Ok(Self { service, backends })
+    }
+
+    /// Seconds of CPU: (the service's processes, PostgreSQL's backends).
+    pub async fn finish(self, pool: &PgPool) -> anyhow::Result<(f64, f64)> {
+        let service = self
+            .service
+            .iter()
+            .filter_map(|(p, before)| Some(cpu_seconds(*p)? - before))
+            .sum();
+        let postgres = backends(pool)
+            .await?
+            .into_iter()
+            .filter_map(|p| Some(cpu_seconds(p)? - self.backends.get(&p).copied().unwrap_or(0.0)))
+            .sum();
+        Ok((service, postgres))
+    }
+}
+
+/// Sets the bench database to log every statement with its duration (`--profile`): done when
+/// the database is created, so that every session the service opens logs.
+pub async fn log_every_statement(pool: &PgPool) -> anyhow::Result<()> {
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{}\" SET log_min_duration_statement = 0",
+        database.replace('"', "\"\"")
+    )))
+    .execute(pool)
+    .await
+    .context("--profile needs a superuser to set log_min_duration_statement")?;
+    Ok(())
+}
+
+/// The statements of the bench database between `start` and `finish`, from the server log.
+pub struct Statements {
+    log: PathBuf,
+    offset: u64,
+    database: String,
+}
+
+impl Statements {
+    /// Marks the log's current end; `database_url`'s database is the one to read.
+    pub async fn start(pool: &PgPool, database_url: &str) -> anyhow::Result<Self> {
+        let log = server_log(pool).await?;
+        let offset = std::fs::metadata(&log)
+            .with_context(|| format!("--profile reads PostgreSQL's log {}", log.display()))?
+            .len();
+        let database = database_url
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        Ok(Self {
+            log,
+            offset,
+            database,
+        })
+    }
+
+    pub fn finish(self, requests: usize) -> anyhow::Result<Profile> {
+        let mut file = std::fs::File::open(&self.log)?;
+        file.seek(SeekFrom::Start(self.offset))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        let marker = format!("@{} LOG:  duration: ", self.database);
+        let mut kinds: BTreeMap<String, Kind> = BTreeMap::new();
+        for line in text.lines() {
+            let Some((_, rest)) = line.split_once(&marker) else {
+                continue;
+            };
+            let Some((ms, what)) = rest.split_once(" ms  ") else {
+                continue;
+            };
+            let Ok(ms) = ms.parse::<f64>() else { continue };
+            let (phase, sql) = what.split_once(": ").unwrap_or((what, ""));
+            let kind = kinds.entry(normalize(sql)).or_default();
+            kind.ms += ms;
+            // A statement runs once per `execute` (extended protocol) or `statement` (simple).
+            if phase.starts_with("execute") || phase.starts_with("statement") {
+                kind.count += 1;
+            }
+        }
+        if kinds.is_empty() {
+            bail!(
+                "no statement of {} in {}",
+                self.database,
+                self.log.display()
+            );
+        }
+        Ok(Profile {
+            kinds,
+            requests: requests.max(1),
+        })
+    }
+}
+
+async fn server_log(pool: &PgPool) -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("ERASURE_BENCH_PG_LOG") {
+        return Ok(path.into());
+    }
+    // Debian's clusters log to /var/log/postgresql/postgresql-<major>-<cluster>.log.
+    let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+        .fetch_one(pool)
+        .await?;
+    Ok(format!(
+        "/var/log/postgresql/postgresql-{}-main.log",
+        version / 10_000
+    )
+    .into())
+}
+
+/// The first words of a statement, whitespace folded: its kind.
+fn normalize(sql: &str) -> String {
+    let folded: Vec<&str> = sql.split_whitespace().collect();
+    let text = folded.join(" ");
+    text.chars().take(90).collect()
+}
+
+#[derive(Default)]
+struct Kind {
+    count: u64,
+    ms: f64,
+}
+
+/// What each kind of statement cost, per request.
+pub struct Profile {
+    kinds: BTreeMap<String, Kind>,
+    requests: usize,
+}
+
+impl Profile {
+    pub fn per_request_count(&self) -> f64 {
+        self.kinds.values().map(|k| k.count as f64).sum::<f64>() / self.requests as f64
+    }
+
+    pub fn per_request_ms(&self) -> f64 {
+        self.kinds.values().map(|k| k.ms).sum::<f64>() / self.requests as f64
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.requests as f64;
+        let mut kinds: Vec<(&String, &Kind)> = self.kinds.iter().collect();
+        kinds.sort_by(|a, b| b.1.ms.total_cmp(&a.1.ms));
+        writeln!(
+            f,
+            "{:>9} {:>9} {:>9}  statement (server time, per request, over {} requests)",
+            "count/req", "ms/req", "ms each", self.requests
+        )?;
+        for (sql, k) in kinds.iter().take(30) {
+            writeln!(
+                f,
+                "{:>9.2} {:>9.3} {:>9.3}  {sql}",
+                k.count as f64 / n,
+                k.ms / n,
+                k.ms / (k.count.max(1) as f64)
+            )?;
+        }
+        write!(
+            f,
+            "{:>9.2} {:>9.3}            in all",
+            self.per_request_count(),
+            self.per_request_ms()
+        )
+    }
+}

@@ -1,0 +1,90 @@
+//! many: one set of bulk users erased the way platforms send them — one request per user,
+//! every bot of the account, `--many-concurrency` calls in flight — against plain SQL
+//! deleting the same users' rows with one statement per store on the copy; and where the CPU
+//! went, in the service's processes and in PostgreSQL's backends, per request.
+//!
+//! With `--profile`, PostgreSQL logs every statement of the bench database during the run
+//! (`log_min_duration_statement = 0`, set on the database only) and the scenario prints, from
+//! the server's log, what each kind of statement cost per request.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use serde_json::json;
+
+use super::{
+    super::profile::{self, Cpu},
+    small,
+};
+use super::{BULK_ACCOUNT, Bench, Figures, Scenario, Workers, app_token, floor, step, warm_up};
+
+pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()> {
+    let opts = bench.opts;
+    let token = app_token(bench, BULK_ACCOUNT).await?;
+    let users = bench.bulk_set(many_set(bench));
+    step("many: plain-SQL floor");
+    floor::settle(&bench.pool, floor::FLOOR_SCHEMA, &users).await?;
+    let (floor_rows, floor_secs) = floor::delete(&bench.pool, &users).await?;
+
+    let workers = Workers::spawn(opts, opts.workers, &[]).await?;
+    step("many: through the service");
+    warm_up(bench, &token, opts.workers).await?;
+    floor::settle(&bench.pool, "platform", &users).await?;
+    let profiling = if opts.profile {
+        Some(profile::Statements::start(&bench.pool, &opts.database_url).await?)
+    } else {
+        None
+    };
+    let mut pids: Vec<u32> = workers.0.iter().filter_map(|w| w.pid()).collect();
+    pids.extend(bench.intake_pid);
+    let cpu = Cpu::start(&bench.pool, &pids).await?;
+    let started = Instant::now();
+    let bodies = users
+        .iter()
+        .map(|u| json!({"userIds": [u], "RemoveDataFromAllBots": true}))
+        .collect();
+    let accepted = small::submit(bench, &token, bodies, None, opts.many_concurrency).await?;
+    let settled = small::settle(bench, &accepted.ids).await?;
+    let wall = started.elapsed().as_secs_f64();
+    let (service_cpu, postgres_cpu) = cpu.finish(&bench.pool).await?;
+    if let Some(statements) = profiling {
+        let report = statements
+            .finish(accepted.ids.len())
+            .context("reading the statement profile")?;
+        println!("{report}");
+        figures.set("many_statements_per_request", report.per_request_count());
+        figures.set("many_db_ms_per_request", report.per_request_ms());
+    }
+    workers.stop().await;
+
+    let n = accepted.ids.len() as f64;
+    let floor_rps = floor_rows as f64 / floor_secs;
+    figures.set("many_requests", n);
+    figures.set("many_concurrency", opts.many_concurrency as f64);
+    figures.set("many_refused", accepted.refused as f64);
+    figures.set("many_rows_floor", floor_rows as f64);
+    figures.set("many_seconds_floor", floor_secs);
+    figures.set("many_rows_service", settled.rows as f64);
+    figures.set("many_seconds_service", wall);
+    figures.set("many_rows_per_s_service", settled.rows as f64 / wall);
+    figures.set("many_ratio", (settled.rows as f64 / wall) / floor_rps);
+    figures.set("many_completed_per_s", n / wall);
+    figures.set("many_p50_ms", settled.p50_ms);
+    figures.set("many_p99_ms", settled.p99_ms);
+    figures.set("many_cpu_ms_per_request_service", service_cpu * 1000.0 / n);
+    figures.set(
+        "many_cpu_ms_per_request_postgres",
+        postgres_cpu * 1000.0 / n,
+    );
+    Ok(())
+}
+
+/// The set of bulk users of this scenario: after bulk's and the replicas', before ceiling's
+/// (the last).
+fn many_set(bench: &Bench<'_>) -> i64 {
+    let mut k = i64::from(bench.has(Scenario::Bulk));
+    if bench.has(Scenario::Replicas) {
+        k += bench.opts.replicas.len() as i64;
+    }
+    k
+}
