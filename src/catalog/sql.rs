@@ -64,6 +64,9 @@ pub struct LeafSql {
     /// The rows per bot, counted up to one more than $3 through the (user, bot) index (an
     /// index-only scan where the visibility map allows).
     pub count: Statement,
+    /// The same, per user and bot: to tell whose rows are whose when the users of several
+    /// requests are erased together.
+    pub count_by_user: Statement,
     /// Every row: plain SQL's one pass.
     pub delete_all: Statement,
 }
@@ -114,6 +117,11 @@ pub fn root(catalog: &Catalog, root: usize) -> RootSql {
             count: vouch(format!(
                 "SELECT bot, count(*) FROM (SELECT {b}::text AS bot FROM {t} WHERE {keys} LIMIT $3 + 1) x
                   GROUP BY bot"
+            )),
+            count_by_user: vouch(format!(
+                "SELECT usr, bot, count(*) FROM
+                        (SELECT {u}::text AS usr, {b}::text AS bot FROM {t} WHERE {keys} LIMIT $3 + 1) x
+                  GROUP BY usr, bot"
             )),
             delete_all: vouch(format!("DELETE FROM {t} WHERE {keys}")),
         });

@@ -363,7 +363,10 @@ async fn app(config: &Config, command: AppCommand) -> anyhow::Result<()> {
             public_key,
         } => {
             let account = AccountId::new(account);
-            if !store::platform::account_exists(&pool, &account).await? {
+            if store::platform::known_accounts(&pool, &[&account])
+                .await?
+                .is_empty()
+            {
                 bail!("account {account} does not exist");
             }
             let client_id = format!("cs-{}", uuid::Uuid::new_v4());

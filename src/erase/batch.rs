@@ -1,14 +1,14 @@
 //! One batch of a root store, by its kind: a leaf deleted alone, a tree deleted children
 //! first, or an anonymized store; each in one transaction with its counts.
 
-use std::time::Instant;
+use std::{collections::HashMap, time::Instant};
 
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use super::{Batch, Root, StoreRows, Target, Targets, ledger, record_longest};
 use crate::{
     catalog::sql::{AnonymizeSql, LeafSql, RootSql, TreeSql},
-    domain::BotId,
+    domain::{BotId, PlatformUserId, RequestId},
     store::{self, tasks},
 };
 
@@ -27,7 +27,16 @@ pub(super) async fn run(
         target,
     };
     let batch = match &root.sql {
-        RootSql::Leaf(sql) => on.leaf(root.store, sql, limit, first).await?,
+        RootSql::Leaf(sql) if first => {
+            match on.leaf_at_once(root.store, sql, &[target], limit).await? {
+                Some(mut each) => Batch {
+                    stores: vec![each.remove(0)],
+                    drained: true,
+                },
+                None => on.leaf(root.store, sql, limit).await?,
+            }
+        }
+        RootSql::Leaf(sql) => on.leaf(root.store, sql, limit).await?,
         RootSql::Tree(sql) => on.tree(root.store, sql, limit).await?,
         RootSql::Anonymize(sql) => on.anonymize(root.store, sql, limit).await?,
     };
@@ -64,18 +73,31 @@ impl On<'_> {
         }
     }
 
-    /// Counts `stores` in the batch's transaction and commits: in the service's database
-    /// straight to the tasks' counts; elsewhere to that database's ledger, then forwarded.
+    /// Counts `stores` (of this batch's request) in the batch's transaction and commits.
     async fn count_and_commit(
         &self,
-        mut tx: Transaction<'static, Postgres>,
+        tx: Transaction<'static, Postgres>,
         stores: &[StoreRows],
     ) -> Result<(), sqlx::Error> {
+        let rows: Vec<(&RequestId, &StoreRows)> =
+            stores.iter().map(|s| (self.target.request, s)).collect();
+        self.count_for_requests_and_commit(tx, &rows).await
+    }
+
+    /// Counts rows of several requests in the batch's transaction and commits: in the
+    /// service's database straight to the tasks' counts; elsewhere to that database's ledger,
+    /// then forwarded.
+    async fn count_for_requests_and_commit(
+        &self,
+        mut tx: Transaction<'static, Postgres>,
+        rows: &[(&RequestId, &StoreRows)],
+    ) -> Result<(), sqlx::Error> {
         let catalog = &self.targets.catalog;
-        let counted: Vec<tasks::Counted<'_>> = stores
+        let counted: Vec<tasks::Counted<'_>> = rows
             .iter()
-            .filter(|s| !s.bots.is_empty())
-            .map(|s| tasks::Counted {
+            .filter(|(_, s)| !s.bots.is_empty())
+            .map(|(request, s)| tasks::Counted {
+                request,
                 store: &catalog.stores[s.store].name,
                 action: catalog.stores[s.store].action.name(),
                 bots: &s.bots,
@@ -83,10 +105,10 @@ impl On<'_> {
             })
             .collect();
         let Some(database) = self.database else {
-            tasks::count_rows(&mut tx, self.target.request, &counted).await?;
+            tasks::count_rows(&mut tx, &counted).await?;
             return tx.commit().await;
         };
-        let entries = ledger::record(&mut tx, self.target.request, &counted).await?;
+        let entries = ledger::record(&mut tx, &counted).await?;
         tx.commit().await?;
         // Lost here (the service's database away), the count waits in the ledger for
         // `Targets::sync_counts`, which runs before the task can complete.
@@ -106,16 +128,7 @@ impl On<'_> {
     /// error, which is retried, rather than skip the row). Measured on 60,000 scattered
     /// conversations: 120 ms, where the batch statement's two passes over the heap (pick the
     /// addresses, then delete by address) and its `RETURNING` took 150-180.
-    async fn leaf(
-        &self,
-        store: usize,
-        sql: &LeafSql,
-        limit: i64,
-        first: bool,
-    ) -> Result<Batch, sqlx::Error> {
-        if first && let Some(batch) = self.leaf_at_once(store, sql, limit).await? {
-            return Ok(batch);
-        }
+    async fn leaf(&self, store: usize, sql: &LeafSql, limit: i64) -> Result<Batch, sqlx::Error> {
         let mut tx = self.begin(false).await?;
         // Not a prepared statement: planned with its values each time, the user list becomes
         // a constant, and PostgreSQL re-checks each deleted row's user against a hash of it
@@ -133,22 +146,54 @@ impl On<'_> {
         Ok(Batch { stores, drained })
     }
 
-    /// Plain SQL's way, when every row fits in one batch (`None` when they do not).
+    /// Plain SQL's way for `targets`, which share their bots: when all their rows fit in one
+    /// batch, one count and one plain `DELETE` for all of them, in one snapshot. Returns each
+    /// target's rows, in order, or `None` when there are more than `limit`. Several requests'
+    /// users are erased in the same statements this way, each row counted for the first
+    /// target that names its user.
     async fn leaf_at_once(
         &self,
         store: usize,
         sql: &LeafSql,
+        targets: &[&Target<'_>],
         limit: i64,
-    ) -> Result<Option<Batch>, sqlx::Error> {
+    ) -> Result<Option<Vec<StoreRows>>, sqlx::Error> {
+        let mut users: Vec<&PlatformUserId> = targets.iter().flat_map(|t| t.users).collect();
+        users.sort();
+        users.dedup();
+        let bots = targets[0].bots;
         let mut tx = self.begin(true).await?;
-        let counts: Vec<(BotId, i64)> = sqlx::query_as(sql.count.clone())
-            .persistent(false)
-            .bind(self.target.users)
-            .bind(self.target.bots)
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await?;
-        let total: i64 = counts.iter().map(|(_, n)| n).sum();
+        let counts: Vec<(usize, BotId, i64)> = if let [only] = targets {
+            let _ = only;
+            let per_bot: Vec<(BotId, i64)> = sqlx::query_as(sql.count.clone())
+                .persistent(false)
+                .bind(&users)
+                .bind(bots)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+            per_bot.into_iter().map(|(b, n)| (0, b, n)).collect()
+        } else {
+            let per_user: Vec<(PlatformUserId, BotId, i64)> =
+                sqlx::query_as(sql.count_by_user.clone())
+                    .persistent(false)
+                    .bind(&users)
+                    .bind(bots)
+                    .bind(limit)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let owner: HashMap<&PlatformUserId, usize> = targets
+                .iter()
+                .enumerate()
+                .rev()
+                .flat_map(|(i, t)| t.users.iter().map(move |u| (u, i)))
+                .collect();
+            per_user
+                .into_iter()
+                .filter_map(|(u, b, n)| Some((*owner.get(&u)?, b, n)))
+                .collect()
+        };
+        let total: i64 = counts.iter().map(|(_, _, n)| n).sum();
         if total > limit {
             tx.rollback().await?;
             return Ok(None);
@@ -158,8 +203,8 @@ impl On<'_> {
         } else {
             sqlx::query(sql.delete_all.clone())
                 .persistent(false)
-                .bind(self.target.users)
-                .bind(self.target.bots)
+                .bind(&users)
+                .bind(bots)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected()
@@ -174,13 +219,26 @@ impl On<'_> {
             tx.rollback().await?;
             return Ok(None);
         }
-        let (bots, rows) = counts.into_iter().unzip();
-        let stores = vec![StoreRows { store, bots, rows }];
-        self.count_and_commit(tx, &stores).await?;
-        Ok(Some(Batch {
-            stores,
-            drained: true,
-        }))
+        let mut each: Vec<StoreRows> = targets
+            .iter()
+            .map(|_| StoreRows {
+                store,
+                ..StoreRows::default()
+            })
+            .collect();
+        for (i, bot, n) in counts {
+            match each[i].bots.iter().position(|b| *b == bot) {
+                Some(at) => each[i].rows[at] += n,
+                None => {
+                    each[i].bots.push(bot);
+                    each[i].rows.push(n);
+                }
+            }
+        }
+        let rows: Vec<(&RequestId, &StoreRows)> =
+            targets.iter().map(|t| t.request).zip(&each).collect();
+        self.count_for_requests_and_commit(tx, &rows).await?;
+        Ok(Some(each))
     }
 
     /// Deletes one batch of a store with children: locks up to `limit` of its rows, deletes
@@ -266,4 +324,28 @@ pub(super) async fn warm(root: &Root, conn: &mut PgConnection) {
             .execute(&mut *conn)
             .await;
     }
+}
+
+/// Erases the rows of several targets, which share their bots, from a leaf store in one
+/// batch when they fit in it (see [`On::leaf_at_once`]); `None` when they do not, or the store
+/// is not a leaf.
+pub(super) async fn together(
+    targets: &Targets,
+    root: &Root,
+    database: Option<&str>,
+    group: &[&Target<'_>],
+    limit: i64,
+) -> Result<Option<Vec<StoreRows>>, sqlx::Error> {
+    let RootSql::Leaf(sql) = &root.sql else {
+        return Ok(None);
+    };
+    let started = Instant::now();
+    let on = On {
+        targets,
+        database,
+        target: group[0],
+    };
+    let rows = on.leaf_at_once(root.store, sql, group, limit).await?;
+    record_longest(started.elapsed());
+    Ok(rows)
 }

@@ -40,7 +40,6 @@ pub async fn ensure(pool: &PgPool) -> Result<(), sqlx::Error> {
 /// Writes a batch's counts to the ledger, in the batch's transaction; returns them to forward.
 pub async fn record(
     tx: &mut Transaction<'_, Postgres>,
-    request: &RequestId,
     counted: &[Counted<'_>],
 ) -> Result<Vec<Entry>, sqlx::Error> {
     let batch_id = uuid::Uuid::new_v4();
@@ -49,7 +48,7 @@ pub async fn record(
         .flat_map(|c| {
             c.bots.iter().zip(c.rows).map(|(bot, rows)| Entry {
                 batch_id,
-                request_id: request.clone(),
+                request_id: c.request.clone(),
                 store: c.store.to_string(),
                 action: c.action.to_string(),
                 bot_id: bot.clone(),
@@ -60,14 +59,16 @@ pub async fn record(
     if entries.is_empty() {
         return Ok(entries);
     }
+    let requests: Vec<&RequestId> = entries.iter().map(|e| &e.request_id).collect();
     let (stores, actions, bots, rows) = tasks::ledger_columns(&entries);
     sqlx::query(
         "INSERT INTO erasure.ledger (batch_id, request_id, store, action, bot_id, rows)
-         SELECT $1, $2, e.store, e.action, e.bot, e.rows
-           FROM unnest($3::text[], $4::text[], $5::text[], $6::bigint[]) AS e(store, action, bot, rows)",
+         SELECT $1, e.request_id, e.store, e.action, e.bot, e.rows
+           FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[])
+                AS e(request_id, store, action, bot, rows)",
     )
     .bind(batch_id)
-    .bind(request)
+    .bind(&requests)
     .bind(&stores)
     .bind(&actions)
     .bind(&bots)

@@ -234,6 +234,31 @@ impl Targets {
             .map_err(DbError::in_database(database))
     }
 
+    /// Erases the rows of several targets, which share their bots, from the leaf store `root`
+    /// in one batch, when they fit in it: each target's rows, in order; `None` when they do
+    /// not, or `root` has children or is anonymized (then each target is erased on its own).
+    pub async fn together(
+        &self,
+        root: usize,
+        group: &[&Target<'_>],
+        limit: i64,
+    ) -> Result<Option<Vec<StoreRows>>, DbError> {
+        let r = self
+            .roots
+            .iter()
+            .find(|r| r.store == root)
+            .expect("a root of this catalog");
+        let database = self.catalog.stores[root].database.as_deref();
+        if let Some(db) = database {
+            self.ensure_ledger(db)
+                .await
+                .map_err(DbError::in_database(database))?;
+        }
+        batch::together(self, r, database, group, limit)
+            .await
+            .map_err(DbError::in_database(database))
+    }
+
     async fn ensure_ledger(&self, database: &str) -> Result<(), sqlx::Error> {
         self.ledgers[database]
             .get_or_try_init(|| ledger::ensure(self.pool(Some(database))))

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::anyhow;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::{
     BasicProperties,
     options::{
@@ -35,15 +35,26 @@ pub enum Outcome {
     Requeue,
 }
 
-/// A message handler. `stop` fires at shutdown: long work hands itself back instead of
-/// finishing.
+/// A delivery's content, as a handler sees it.
+pub struct Message {
+    pub data: Vec<u8>,
+    pub props: BasicProperties,
+}
+
+/// A message handler. It is given the deliveries ready at once, up to [`Handler::batch`], so
+/// that it can work them together, and answers one outcome per delivery, in order. `stop`
+/// fires at shutdown: long work hands itself back instead of finishing.
 pub trait Handler: Send + Sync + 'static {
+    /// Most deliveries handed over together (1: one at a time).
+    fn batch(&self) -> usize {
+        1
+    }
+
     fn handle(
         &self,
-        data: Vec<u8>,
-        props: BasicProperties,
+        messages: Vec<Message>,
         stop: CancellationToken,
-    ) -> impl Future<Output = Outcome> + Send;
+    ) -> impl Future<Output = Vec<Outcome>> + Send;
 }
 
 pub struct ConsumerSpec {
@@ -126,39 +137,30 @@ async fn session<H: Handler>(
             _ = cancel.cancelled() => break Ok(()),
             n = consumer.next() => n,
         };
-        let delivery = match next {
-            Some(Ok(d)) => d,
+        let mut batch = match next {
+            Some(Ok(d)) => vec![d],
             Some(Err(e)) => break Err(anyhow!(e)),
             None => break Err(anyhow!("the broker cancelled the consumer")),
         };
-        let handler = handler.clone();
-        let stop = stop.clone();
-        let name = spec.name;
-        tracker.spawn(async move {
-            let lapin::message::Delivery {
-                data,
-                properties,
-                acker,
-                ..
-            } = delivery;
-            let outcome = handler.handle(data, properties, stop).await;
-            let settled = match outcome {
-                Outcome::Ack => acker.ack(BasicAckOptions::default()).await,
-                Outcome::Requeue => {
-                    acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await
+        // The deliveries already here (up to the prefetch) go with the first: the handler
+        // works them together. Nothing waits for more: a lone delivery is not delayed.
+        while batch.len() < handler.batch() {
+            match consumer.next().now_or_never() {
+                Some(Some(Ok(d))) => batch.push(d),
+                Some(Some(Err(e))) => {
+                    tracing::warn!(queue = %spec.queue, error = %e, "consumer error after a delivery");
+                    break;
                 }
-            };
-            if let Err(e) = settled {
-                // The channel is gone; the broker redelivers, and the handler is idempotent.
-                tracing::warn!(queue = name, error = %e, "could not settle a delivery");
+                _ => break,
             }
-            drop(permit);
-        });
+        }
+        tracker.spawn(settle_batch(
+            handler.clone(),
+            batch,
+            stop.clone(),
+            spec.name,
+            permit,
+        ));
     };
     spec.up.store(false, Ordering::SeqCst);
     metrics::gauge!("erasure_consumer_up", "queue" => spec.name).set(0.0);
@@ -185,4 +187,43 @@ async fn session<H: Handler>(
     let _ = ch.close(200, "bye".into()).await;
     let _ = conn.close(200, "bye".into()).await;
     result
+}
+
+/// Hands a batch of deliveries to the handler and settles each with its outcome.
+async fn settle_batch<H: Handler>(
+    handler: Arc<H>,
+    batch: Vec<lapin::message::Delivery>,
+    stop: CancellationToken,
+    name: &'static str,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let (messages, ackers): (Vec<Message>, Vec<lapin::Acker>) = batch
+        .into_iter()
+        .map(|d| {
+            let message = Message {
+                data: d.data,
+                props: d.properties,
+            };
+            (message, d.acker)
+        })
+        .unzip();
+    let outcomes = handler.handle(messages, stop).await;
+    for (acker, outcome) in ackers.into_iter().zip(outcomes) {
+        let settled = match outcome {
+            Outcome::Ack => acker.ack(BasicAckOptions::default()).await,
+            Outcome::Requeue => {
+                acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+            }
+        };
+        if let Err(e) = settled {
+            // The channel is gone; the broker redelivers, and the handler is idempotent.
+            tracing::warn!(queue = name, error = %e, "could not settle a delivery");
+        }
+    }
+    drop(permit);
 }

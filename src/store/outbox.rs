@@ -18,6 +18,9 @@ pub async fn insert_many(
     routing_key: &str,
     messages: &[(String, Vec<u8>)],
 ) -> Result<Vec<OutboxMessage>, sqlx::Error> {
+    if messages.is_empty() {
+        return Ok(Vec::new());
+    }
     let ids: Vec<&str> = messages.iter().map(|(id, _)| id.as_str()).collect();
     let payloads: Vec<&[u8]> = messages.iter().map(|(_, p)| p.as_slice()).collect();
     sqlx::query_as(

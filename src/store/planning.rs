@@ -1,7 +1,11 @@
-//! The plan arrow of a request, as one transaction: record the request if a producer's
-//! message is its first sight, lock it (a duplicate delivery waits, then finds it planned),
-//! read what the rules need, and commit every user's outcome, the tasks and their messages
-//! together, or settle the request at once when there is nothing to erase.
+//! The plan arrow, as one transaction for one or several requests planned together: record a
+//! request a producer's message is the first sight of, lock the requests (a duplicate
+//! delivery waits, then finds its request planned), read what the rules need, and commit
+//! every user's outcome, the tasks and their messages together, or settle a request at once
+//! when it has nothing to erase. Each step is one statement for all the requests, so planning
+//! many costs about what planning one does.
+
+use std::collections::{HashMap, HashSet};
 
 use sqlx::{PgPool, Postgres, Transaction};
 
@@ -9,17 +13,17 @@ use super::{
     outbox::{self, OutboxMessage},
     platform::{self, ResolvedEntry},
     requests::{self, NewRequest, Settled},
-    tasks,
 };
 use crate::{
     contract::TASK_ROUTING_KEY,
-    domain::{AccountId, BotId, PlatformUserId, RequestStatus},
+    domain::{AccountId, BotId, PlatformUserId, RequestId, RequestStatus, UserOutcome},
     rules::{Decision, Protections},
 };
 
 /// What planning needs of a request, read under its row lock.
 #[derive(sqlx::FromRow, Debug)]
 pub struct PlanRow {
+    pub request_id: RequestId,
     pub account_id: AccountId,
     pub planned: bool,
     pub status: RequestStatus,
@@ -27,15 +31,31 @@ pub struct PlanRow {
     pub bot_ids: Vec<BotId>,
 }
 
-/// A request being planned: its transaction and its locked row. Dropped without
-/// [`Planning::commit`] or [`Planning::skip`], nothing it did is kept.
-pub struct Planning {
-    tx: Transaction<'static, Postgres>,
-    pub request: PlanRow,
-    request_id: crate::domain::RequestId,
+impl PlanRow {
+    /// Whether the request still waits for its plan (not a duplicate, not settled).
+    pub fn is_due(&self) -> bool {
+        !self.planned && self.status == RequestStatus::InProgress
+    }
 }
 
-/// How a plan ended.
+/// Requests being planned: their transaction and their locked rows, in the order asked.
+/// Dropped without [`Planning::commit`] or [`Planning::skip`], nothing it did is kept.
+pub struct Planning {
+    tx: Transaction<'static, Postgres>,
+    pub requests: Vec<PlanRow>,
+}
+
+/// One request's plan: what the rules decided for its entries (in the order of `entries`),
+/// its bots, and its task messages (id, payload).
+pub struct Plan<'a> {
+    pub request_id: &'a RequestId,
+    pub entries: &'a [&'a ResolvedEntry],
+    pub decision: &'a Decision,
+    pub bots: &'a [BotId],
+    pub messages: &'a [(String, Vec<u8>)],
+}
+
+/// How a request's plan ended.
 #[derive(Debug)]
 pub enum Planned {
     /// Tasks were created; their messages are committed to the outbox, to publish.
@@ -46,48 +66,89 @@ pub enum Planned {
     /// Nothing to erase (every entry unknown or rejected, or an account without bots): the
     /// request settled at once.
     Settled(Settled),
-    /// The request was not due for a plan (see [`Planning::is_due`]): nothing was written.
-    NotDue,
 }
 
 impl Planning {
-    /// Records the request unless it exists, and locks its row.
-    pub async fn begin(pool: &PgPool, new: &NewRequest<'_>) -> Result<Self, sqlx::Error> {
+    /// Records the requests that do not exist yet, and locks them all, in the order of their
+    /// ids (so that groups that overlap wait for each other rather than deadlock).
+    pub async fn begin(pool: &PgPool, news: &[NewRequest<'_>]) -> Result<Self, sqlx::Error> {
+        let ids: Vec<&RequestId> = news.iter().map(|n| n.request_id).collect();
         let mut tx = pool.begin().await?;
-        requests::insert(&mut tx, new).await?;
-        let request: PlanRow = sqlx::query_as(
-            "SELECT account_id, planned, status, remove_data_from_all_bots, bot_ids
-               FROM erasure.requests WHERE request_id = $1 FOR UPDATE",
+        // Requests from the intake exist already: only a producer's message is recorded here.
+        let known: HashSet<RequestId> = sqlx::query_scalar(
+            "SELECT request_id FROM erasure.requests WHERE request_id = ANY($1)",
         )
-        .bind(new.request_id)
-        .fetch_one(&mut *tx)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        for new in news.iter().filter(|n| !known.contains(n.request_id)) {
+            requests::insert(&mut tx, new).await?;
+        }
+        let mut rows: Vec<PlanRow> = sqlx::query_as(
+            "SELECT request_id, account_id, planned, status, remove_data_from_all_bots, bot_ids
+               FROM erasure.requests WHERE request_id = ANY($1)
+              ORDER BY request_id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
         .await?;
-        Ok(Self {
-            tx,
-            request,
-            request_id: new.request_id.clone(),
-        })
+        let requests = ids
+            .iter()
+            .filter_map(|id| {
+                let at = rows.iter().position(|r| r.request_id == **id)?;
+                Some(rows.swap_remove(at))
+            })
+            .collect();
+        Ok(Self { tx, requests })
     }
 
-    /// Whether the request still waits for its plan (not a duplicate, not settled).
-    pub fn is_due(&self) -> bool {
-        !self.request.planned && self.request.status == RequestStatus::InProgress
+    /// Which of the requests' accounts the platform knows.
+    pub async fn known_accounts(&mut self) -> Result<HashSet<AccountId>, sqlx::Error> {
+        let accounts: Vec<&AccountId> = self.requests.iter().map(|r| &r.account_id).collect();
+        Ok(platform::known_accounts(&mut *self.tx, &accounts)
+            .await?
+            .into_iter()
+            .collect())
     }
 
-    pub async fn account_exists(&mut self) -> Result<bool, sqlx::Error> {
-        platform::account_exists(&mut *self.tx, &self.request.account_id).await
+    /// Every bot of each account erasing from all its bots.
+    pub async fn account_bots(&mut self) -> Result<HashMap<AccountId, Vec<BotId>>, sqlx::Error> {
+        let accounts: Vec<&AccountId> = self
+            .requests
+            .iter()
+            .filter(|r| r.remove_data_from_all_bots)
+            .map(|r| &r.account_id)
+            .collect();
+        let mut bots: HashMap<AccountId, Vec<BotId>> = HashMap::new();
+        if accounts.is_empty() {
+            return Ok(bots);
+        }
+        for (account, bot) in platform::account_bots(&mut *self.tx, &accounts).await? {
+            bots.entry(account).or_default().push(bot);
+        }
+        Ok(bots)
     }
 
-    pub async fn account_bots(&mut self) -> Result<Vec<BotId>, sqlx::Error> {
-        platform::account_bots(&mut *self.tx, &self.request.account_id).await
+    /// The account of each bot the requests name (bots unknown to the platform are absent).
+    pub async fn bot_accounts(&mut self) -> Result<HashMap<BotId, AccountId>, sqlx::Error> {
+        let bots: Vec<BotId> = self
+            .requests
+            .iter()
+            .filter(|r| !r.remove_data_from_all_bots)
+            .flat_map(|r| r.bot_ids.iter().cloned())
+            .collect();
+        Ok(platform::bot_accounts(&mut *self.tx, &bots)
+            .await?
+            .into_iter()
+            .collect())
     }
 
-    pub async fn bot_accounts(&mut self) -> Result<Vec<(BotId, AccountId)>, sqlx::Error> {
-        platform::bot_accounts(&mut *self.tx, &self.request.bot_ids).await
-    }
-
+    /// Every entry of every request, with the platform users it resolves to.
     pub async fn resolve_users(&mut self) -> Result<Vec<ResolvedEntry>, sqlx::Error> {
-        platform::resolve_users(&mut *self.tx, &self.request_id).await
+        let ids: Vec<&RequestId> = self.requests.iter().map(|r| &r.request_id).collect();
+        platform::resolve_users(&mut *self.tx, &ids).await
     }
 
     pub async fn protections(
@@ -97,65 +158,92 @@ impl Planning {
         platform::protections(&mut *self.tx, users).await
     }
 
-    /// Leaves the request as it is: a duplicate delivery, or a request already settled.
+    /// Leaves the requests as they are.
     pub async fn skip(self) -> Result<(), sqlx::Error> {
         self.tx.commit().await
     }
 
-    /// The plan arrow: writes every entry's outcome (`decision`, in the order of `entries`),
-    /// then either creates one task per bot with the task messages `messages` (id, payload)
-    /// in the outbox, or, with nothing to erase, settles the request.
-    pub async fn commit(
-        mut self,
-        entries: &[ResolvedEntry],
-        decision: &Decision,
-        bots: &[BotId],
-        messages: &[(String, Vec<u8>)],
-    ) -> Result<Planned, sqlx::Error> {
-        if !self.is_due() {
-            self.skip().await?;
-            return Ok(Planned::NotDue);
-        }
-        let id = self.request_id.clone();
-        let outcomes: Vec<_> = entries
+    /// The plan arrow for every request of `plans` (each must be due): writes every entry's
+    /// outcome; creates one task per bot with the task messages in the outbox, or, with
+    /// nothing to erase, settles the request. One statement per step for all of them.
+    pub async fn commit(mut self, plans: &[Plan<'_>]) -> Result<Vec<Planned>, sqlx::Error> {
+        let outcomes: Vec<(&RequestId, i32, UserOutcome, &[PlatformUserId])> = plans
             .iter()
-            .zip(&decision.outcomes)
-            .map(|(e, o)| (e.position, o.clone(), e.user_ids.as_slice()))
+            .flat_map(|p| {
+                p.entries
+                    .iter()
+                    .zip(&p.decision.outcomes)
+                    .map(|(e, o)| (p.request_id, e.position, o.clone(), e.user_ids.as_slice()))
+            })
             .collect();
-        requests::set_outcomes(&mut self.tx, &id, &outcomes).await?;
-        if decision.erase.is_empty() || bots.is_empty() {
-            self.mark_planned(&[], 0).await?;
-            // In progress and locked (is_due), so the settle arrow applies.
-            let settled = requests::settle(&mut self.tx, &id)
-                .await?
-                .ok_or(sqlx::Error::RowNotFound)?;
-            self.tx.commit().await?;
-            settled.record();
-            return Ok(Planned::Settled(settled));
-        }
-        tasks::insert(&mut self.tx, &id, bots).await?;
-        let queued = outbox::insert_many(&mut self.tx, TASK_ROUTING_KEY, messages).await?;
-        self.mark_planned(&decision.erase, bots.len()).await?;
+        requests::set_outcomes(&mut self.tx, &outcomes).await?;
+        let erasing = |p: &&Plan<'_>| !p.decision.erase.is_empty() && !p.bots.is_empty();
+        let tasks: Vec<(&RequestId, &BotId)> = plans
+            .iter()
+            .filter(erasing)
+            .flat_map(|p| p.bots.iter().map(move |b| (p.request_id, b)))
+            .collect();
+        super::tasks::insert(&mut self.tx, &tasks).await?;
+        let messages: Vec<(String, Vec<u8>)> = plans
+            .iter()
+            .filter(erasing)
+            .flat_map(|p| p.messages.iter().cloned())
+            .collect();
+        let mut queued = outbox::insert_many(&mut self.tx, TASK_ROUTING_KEY, &messages).await?;
+        self.mark_planned(plans, erasing).await?;
+        let nothing: Vec<RequestId> = plans
+            .iter()
+            .filter(|p| !erasing(p))
+            .map(|p| p.request_id.clone())
+            .collect();
+        let settled = requests::settle(&mut self.tx, &nothing).await?;
         self.tx.commit().await?;
-        Ok(Planned::Tasks {
-            tasks: bots.len(),
-            messages: queued,
-        })
+        for (_, s) in &settled {
+            s.record();
+        }
+        Ok(plans
+            .iter()
+            .map(
+                |p| match settled.iter().find(|(id, _)| id == p.request_id) {
+                    Some((_, s)) => Planned::Settled(s.clone()),
+                    None => Planned::Tasks {
+                        tasks: p.bots.len(),
+                        messages: queued
+                            .extract_if(.., |m| {
+                                p.messages.iter().any(|(id, _)| *id == m.message_id)
+                            })
+                            .collect(),
+                    },
+                },
+            )
+            .collect())
     }
 
+    /// Marks the requests planned: with their users to erase and number of tasks, or with none.
     async fn mark_planned(
         &mut self,
-        erase: &[PlatformUserId],
-        tasks: usize,
+        plans: &[Plan<'_>],
+        erasing: impl Fn(&&Plan<'_>) -> bool,
     ) -> Result<(), sqlx::Error> {
+        let rows: Vec<serde_json::Value> = plans
+            .iter()
+            .map(|p| {
+                let (erase, tasks): (&[PlatformUserId], usize) = if erasing(&p) {
+                    (&p.decision.erase, p.bots.len())
+                } else {
+                    (&[], 0)
+                };
+                serde_json::json!({"id": p.request_id, "erase": erase, "tasks": tasks})
+            })
+            .collect();
         sqlx::query(
-            "UPDATE erasure.requests
-                SET planned = true, erase_user_ids = $2, tasks_total = $3, updated_at = now()
-              WHERE request_id = $1",
+            "UPDATE erasure.requests r
+                SET planned = true, erase_user_ids = ARRAY(SELECT jsonb_array_elements_text(p.erase)),
+                    tasks_total = p.tasks, updated_at = now()
+               FROM jsonb_to_recordset($1) AS p(id text, erase jsonb, tasks integer)
+              WHERE r.request_id = p.id",
         )
-        .bind(&self.request_id)
-        .bind(erase)
-        .bind(tasks as i32)
+        .bind(serde_json::Value::Array(rows))
         .execute(&mut *self.tx)
         .await?;
         Ok(())

@@ -7,16 +7,6 @@ use crate::{
     rules::{Protections, Tie},
 };
 
-pub async fn account_exists<'e, E: sqlx::PgExecutor<'e>>(
-    exec: E,
-    account_id: &AccountId,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM platform.accounts WHERE id = $1)")
-        .bind(account_id)
-        .fetch_one(exec)
-        .await
-}
-
 /// The account each of `bot_ids` belongs to (bots unknown to the platform are absent).
 pub async fn bot_accounts<'e, E: sqlx::PgExecutor<'e>>(
     exec: E,
@@ -28,20 +18,34 @@ pub async fn bot_accounts<'e, E: sqlx::PgExecutor<'e>>(
         .await
 }
 
-/// Every bot of an account.
-pub async fn account_bots<'e, E: sqlx::PgExecutor<'e>>(
+/// Which of `accounts` the platform knows.
+pub async fn known_accounts<'e, E: sqlx::PgExecutor<'e>>(
     exec: E,
-    account_id: &AccountId,
-) -> Result<Vec<BotId>, sqlx::Error> {
-    sqlx::query_scalar("SELECT id FROM platform.bots WHERE account_id = $1 ORDER BY id")
-        .bind(account_id)
+    accounts: &[&AccountId],
+) -> Result<Vec<AccountId>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM platform.accounts WHERE id = ANY($1)")
+        .bind(accounts)
         .fetch_all(exec)
         .await
+}
+
+/// Every bot of each of `accounts`, in order of bot id.
+pub async fn account_bots<'e, E: sqlx::PgExecutor<'e>>(
+    exec: E,
+    accounts: &[&AccountId],
+) -> Result<Vec<(AccountId, BotId)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT account_id, id FROM platform.bots WHERE account_id = ANY($1) ORDER BY account_id, id",
+    )
+    .bind(accounts)
+    .fetch_all(exec)
+    .await
 }
 
 /// One `userIds` entry of a request with the platform users it resolves to.
 #[derive(sqlx::FromRow, Debug)]
 pub struct ResolvedEntry {
+    pub request_id: RequestId,
     pub position: i32,
     pub user_ids: Vec<PlatformUserId>,
 }
@@ -52,20 +56,20 @@ impl AsRef<[PlatformUserId]> for ResolvedEntry {
     }
 }
 
-/// Maps every entry of the request to platform user ids: a string matches a user id, an
+/// Maps every entry of the requests to platform user ids: a string matches a user id, an
 /// email (case-insensitively), an enterprise id or a channel user id on any channel; a channel
-/// pair matches that channel's identity.
+/// pair matches that channel's identity. In order of request and position.
 pub async fn resolve_users<'e, E: sqlx::PgExecutor<'e>>(
     exec: E,
-    id: &RequestId,
+    ids: &[&RequestId],
 ) -> Result<Vec<ResolvedEntry>, sqlx::Error> {
     sqlx::query_as(
         "WITH e AS (
-            SELECT position, kind, user_ref,
+            SELECT request_id, position, kind, user_ref,
                    CASE WHEN kind = 'channel' THEN (user_ref::jsonb) ->> 'channelId' END AS channel_id,
                    CASE WHEN kind = 'channel' THEN (user_ref::jsonb) ->> 'channelUserId' END AS channel_user_id
-              FROM erasure.request_users WHERE request_id = $1)
-         SELECT e.position,
+              FROM erasure.request_users WHERE request_id = ANY($1))
+         SELECT e.request_id, e.position,
                 COALESCE(array_agg(DISTINCT m.user_id ORDER BY m.user_id)
                          FILTER (WHERE m.user_id IS NOT NULL), '{}') AS user_ids
            FROM e
@@ -79,10 +83,10 @@ pub async fn resolve_users<'e, E: sqlx::PgExecutor<'e>>(
                        WHERE e.kind = 'channel' AND c.channel_id = e.channel_id
                          AND c.channel_user_id = e.channel_user_id
            ) m ON true
-          GROUP BY e.position
-          ORDER BY e.position",
+          GROUP BY e.request_id, e.position
+          ORDER BY e.request_id, e.position",
     )
-    .bind(id)
+    .bind(ids)
     .fetch_all(exec)
     .await
 }

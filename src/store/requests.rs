@@ -167,16 +167,16 @@ pub async fn find_by_idempotency_key(
     .await
 }
 
-/// Writes every entry's outcome (and what it resolved to) in one statement.
+/// Writes entries' outcomes (and what each resolved to), of one request or several, in one
+/// statement: (request, position, outcome, platform users).
 pub(super) async fn set_outcomes(
     tx: &mut Transaction<'_, Postgres>,
-    id: &RequestId,
-    outcomes: &[(i32, UserOutcome, &[PlatformUserId])],
+    outcomes: &[(&RequestId, i32, UserOutcome, &[PlatformUserId])],
 ) -> Result<(), sqlx::Error> {
     let rows: Vec<serde_json::Value> = outcomes
         .iter()
-        .map(|(position, outcome, ids)| {
-            serde_json::json!({"position": position, "status": outcome.status(),
+        .map(|(id, position, outcome, ids)| {
+            serde_json::json!({"id": id, "position": position, "status": outcome.status(),
                                "reason": outcome.reason(), "ids": ids})
         })
         .collect();
@@ -184,10 +184,9 @@ pub(super) async fn set_outcomes(
         "UPDATE erasure.request_users u
             SET status = o.status, reason = o.reason,
                 resolved_user_ids = ARRAY(SELECT jsonb_array_elements_text(o.ids))
-           FROM jsonb_to_recordset($2) AS o(position integer, status text, reason text, ids jsonb)
-          WHERE u.request_id = $1 AND u.position = o.position",
+           FROM jsonb_to_recordset($1) AS o(id text, position integer, status text, reason text, ids jsonb)
+          WHERE u.request_id = o.id AND u.position = o.position",
     )
-    .bind(id)
     .bind(serde_json::Value::Array(rows))
     .execute(&mut **tx)
     .await?;
@@ -218,14 +217,14 @@ pub async fn reject_protected(
     .await?;
     let resolved: Vec<&[PlatformUserId]> = entries.iter().map(|(_, u)| u.as_slice()).collect();
     let decision = rules::decide(&resolved, protections);
-    let rejected: Vec<(i32, UserOutcome, &[PlatformUserId])> = entries
+    let rejected: Vec<(&RequestId, i32, UserOutcome, &[PlatformUserId])> = entries
         .iter()
         .zip(decision.outcomes)
         .filter(|(_, outcome)| matches!(outcome, UserOutcome::Rejected(_)))
-        .map(|((position, users), outcome)| (*position, outcome, users.as_slice()))
+        .map(|((position, users), outcome)| (id, *position, outcome, users.as_slice()))
         .collect();
     if !rejected.is_empty() {
-        set_outcomes(&mut tx, id, &rejected).await?;
+        set_outcomes(&mut tx, &rejected).await?;
         sqlx::query(
             "UPDATE erasure.requests SET erase_user_ids = $2, updated_at = now()
               WHERE request_id = $1",
@@ -258,41 +257,48 @@ impl Settled {
     }
 }
 
-/// The settle arrow (`in-progress → completed | rejected`) of a request whose every task is
-/// done: users still in progress succeeded; `rejected` when every user was rejected. `None`
-/// when the request was not in progress (nothing changes then).
+/// The settle arrow (`in-progress → completed | rejected`) of requests whose every task is
+/// done: users still in progress succeeded; `rejected` when every user was rejected. Returns
+/// those it settled (a request not in progress is left as it is).
 pub(super) async fn settle(
     tx: &mut Transaction<'_, Postgres>,
-    id: &RequestId,
-) -> Result<Option<Settled>, sqlx::Error> {
-    let settled: Option<Settled> = sqlx::query_as(
+    ids: &[RequestId],
+) -> Result<Vec<(RequestId, Settled)>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let settled: Vec<(RequestId, RequestStatus, f64)> = sqlx::query_as(
         "UPDATE erasure.requests r
             SET status = CASE WHEN NOT EXISTS (SELECT 1 FROM erasure.request_users u
                                                 WHERE u.request_id = r.request_id AND u.status <> $2)
                               THEN $3 ELSE $4 END,
                 failure_reason = NULL, completed_at = now(), updated_at = now()
-          WHERE request_id = $1 AND status = $5
-         RETURNING status, extract(epoch FROM completed_at - created_at)::float8 AS seconds",
+          WHERE request_id = ANY($1) AND status = $5
+         RETURNING request_id, status, extract(epoch FROM completed_at - created_at)::float8",
     )
-    .bind(id)
+    .bind(ids)
     .bind(UserStatus::Rejected)
     .bind(RequestStatus::Rejected)
     .bind(RequestStatus::Completed)
     .bind(RequestStatus::InProgress)
-    .fetch_optional(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
-    if settled.is_some() {
+    let ids: Vec<&RequestId> = settled.iter().map(|(id, _, _)| id).collect();
+    if !ids.is_empty() {
         sqlx::query(
             "UPDATE erasure.request_users SET status = $2, reason = NULL
-              WHERE request_id = $1 AND status = ANY($3)",
+              WHERE request_id = ANY($1) AND status = ANY($3)",
         )
-        .bind(id)
+        .bind(&ids)
         .bind(UserStatus::Success)
         .bind([UserStatus::InProgress, UserStatus::Failed])
         .execute(&mut **tx)
         .await?;
     }
-    Ok(settled)
+    Ok(settled
+        .into_iter()
+        .map(|(id, status, seconds)| (id, Settled { status, seconds }))
+        .collect())
 }
 
 /// The fail arrow (`in-progress → failed`, or a failed request taking a newer reason) with a

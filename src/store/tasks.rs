@@ -12,19 +12,22 @@ use crate::{
     domain::{BotId, PlatformUserId, RequestId, TaskStatus},
 };
 
-/// Creates one pending task per bot (part of the plan arrow).
+/// Creates a pending task per (request, bot) (part of the plan arrow).
 pub(super) async fn insert(
     tx: &mut Transaction<'_, Postgres>,
-    id: &RequestId,
-    bot_ids: &[BotId],
+    tasks: &[(&RequestId, &BotId)],
 ) -> Result<(), sqlx::Error> {
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    let (requests, bots): (Vec<&RequestId>, Vec<&BotId>) = tasks.iter().copied().unzip();
     sqlx::query(
         "INSERT INTO erasure.tasks (request_id, bot_id)
-         SELECT $1, b FROM unnest($2::text[]) AS b
+         SELECT * FROM unnest($1::text[], $2::text[])
          ON CONFLICT DO NOTHING",
     )
-    .bind(id)
-    .bind(bot_ids)
+    .bind(&requests)
+    .bind(&bots)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -45,42 +48,71 @@ pub struct TaskState {
     pub slice: i32,
 }
 
-/// Reads the request's users and the tasks of `bots`, and stamps their start. `None` when the
-/// request or any of the tasks is unknown. A relaxed commit (see [`super::begin_relaxed`]):
-/// the stamp is informational, and a lost one is set again by the next delivery.
+/// The tasks a message works: its request and bots.
+pub type Work<'a> = (&'a RequestId, &'a [BotId]);
+
+/// Reads, for each of `works` (messages worked together), the request's users and the tasks
+/// of its bots, and stamps their start: `None` for a message whose request or any of whose
+/// tasks is unknown. One transaction for all; a relaxed commit (see
+/// [`super::begin_relaxed`]): the stamp is informational, and a lost one is set again by the
+/// next delivery.
 pub async fn load(
     pool: &PgPool,
-    id: &RequestId,
-    bots: &[BotId],
-) -> Result<Option<TaskGroup>, sqlx::Error> {
+    works: &[Work<'_>],
+) -> Result<Vec<Option<TaskGroup>>, sqlx::Error> {
+    let (requests, bots) = pairs(works);
     let mut tx = super::begin_relaxed(pool).await?;
-    let users: Option<Vec<PlatformUserId>> =
-        sqlx::query_scalar("SELECT erase_user_ids FROM erasure.requests WHERE request_id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let tasks: Vec<TaskState> = sqlx::query_as(
-        "UPDATE erasure.tasks SET started_at = COALESCE(started_at, now())
-          WHERE request_id = $1 AND bot_id = ANY($2)
-          RETURNING bot_id, status, slice",
+    let users: Vec<(RequestId, Vec<PlatformUserId>)> = sqlx::query_as(
+        "SELECT request_id, erase_user_ids FROM erasure.requests WHERE request_id = ANY($1)",
     )
-    .bind(id)
-    .bind(bots)
+    .bind(&requests)
+    .fetch_all(&mut *tx)
+    .await?;
+    let tasks: Vec<(RequestId, BotId, TaskStatus, i32)> = sqlx::query_as(
+        "UPDATE erasure.tasks t SET started_at = COALESCE(t.started_at, now())
+           FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[]) AS w(request_id, bot_id)) w
+          WHERE t.request_id = w.request_id AND t.bot_id = w.bot_id
+          RETURNING t.request_id, t.bot_id, t.status, t.slice",
+    )
+    .bind(&requests)
+    .bind(&bots)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(match users {
-        Some(erase_user_ids) if tasks.len() == bots.len() => Some(TaskGroup {
-            erase_user_ids,
-            tasks,
-        }),
-        _ => None,
-    })
+    Ok(works
+        .iter()
+        .map(|(id, bots)| {
+            let erase_user_ids = users.iter().find(|(r, _)| r == *id)?.1.clone();
+            let tasks: Vec<TaskState> = tasks
+                .iter()
+                .filter(|(r, b, _, _)| r == *id && bots.contains(b))
+                .map(|(_, bot_id, status, slice)| TaskState {
+                    bot_id: bot_id.clone(),
+                    status: *status,
+                    slice: *slice,
+                })
+                .collect();
+            (tasks.len() == bots.len()).then_some(TaskGroup {
+                erase_user_ids,
+                tasks,
+            })
+        })
+        .collect())
 }
 
-/// Rows one batch erased from one store, per bot (`bots` and `rows` in the same order).
+/// The (request, bot) pairs of `works`, as two columns.
+fn pairs<'a>(works: &[Work<'a>]) -> (Vec<&'a str>, Vec<&'a str>) {
+    works
+        .iter()
+        .flat_map(|(id, bots)| bots.iter().map(move |b| (id.as_str(), b.as_str())))
+        .unzip()
+}
+
+/// Rows one batch erased for one request from one store, per bot (`bots` and `rows` in the
+/// same order).
 #[derive(Clone, Copy, Debug)]
 pub struct Counted<'a> {
+    pub request: &'a RequestId,
     pub store: &'a str,
     /// `delete` or `anonymize`.
     pub action: &'a str,
@@ -92,15 +124,16 @@ pub struct Counted<'a> {
 /// that they are exact.
 pub async fn count_rows(
     tx: &mut Transaction<'_, Postgres>,
-    request: &RequestId,
     counted: &[Counted<'_>],
 ) -> Result<(), sqlx::Error> {
+    let mut requests = Vec::new();
     let mut stores = Vec::new();
     let mut actions = Vec::new();
     let mut bots = Vec::new();
     let mut rows = Vec::new();
     for c in counted {
         for (bot, n) in c.bots.iter().zip(c.rows) {
+            requests.push(c.request);
             stores.push(c.store);
             actions.push(c.action);
             bots.push(bot.as_str());
@@ -112,11 +145,10 @@ pub async fn count_rows(
     }
     sqlx::query(
         "INSERT INTO erasure.task_rows AS t (request_id, store, action, bot_id, rows)
-         SELECT $1, c.store, c.action, c.bot, c.rows
-           FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[]) AS c(store, action, bot, rows)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
          ON CONFLICT (request_id, bot_id, store) DO UPDATE SET rows = t.rows + excluded.rows",
     )
-    .bind(request)
+    .bind(&requests)
     .bind(&stores)
     .bind(&actions)
     .bind(&bots)
@@ -189,47 +221,83 @@ pub struct Completed {
     pub settled: Option<Settled>,
 }
 
-/// The complete arrow (`pending → done`) for the tasks of `bots` that are not done yet, counted
-/// on the request in the same transaction, so that each is counted once; the request settles
-/// with its last task.
-pub async fn complete(
-    pool: &PgPool,
-    id: &RequestId,
-    bots: &[BotId],
-) -> Result<Completed, sqlx::Error> {
+/// The complete arrow (`pending → done`) for the tasks of `works` that are not done yet,
+/// counted on their requests in the same transaction, so that each is counted once; a
+/// request settles with its last task. One transaction for all, taking its locks in one order
+/// (tasks, then requests, by id), so that groups that overlap wait rather than deadlock.
+/// Returns what it did per work, in order.
+pub async fn complete(pool: &PgPool, works: &[Work<'_>]) -> Result<Vec<Completed>, sqlx::Error> {
+    let (requests, bots) = pairs(works);
     let mut tx = pool.begin().await?;
-    let done = sqlx::query(
-        "UPDATE erasure.tasks SET status = $3, failure_reason = NULL, completed_at = now(), updated_at = now()
-          WHERE request_id = $1 AND bot_id = ANY($2) AND status <> $3",
+    let done: Vec<(RequestId, BotId)> = sqlx::query_as(
+        "WITH w AS (SELECT t.request_id, t.bot_id FROM erasure.tasks t
+                      JOIN unnest($1::text[], $2::text[]) AS w(request_id, bot_id)
+                        ON t.request_id = w.request_id AND t.bot_id = w.bot_id
+                     WHERE t.status <> $3
+                     ORDER BY t.request_id, t.bot_id FOR UPDATE OF t)
+         UPDATE erasure.tasks t
+            SET status = $3, failure_reason = NULL, completed_at = now(), updated_at = now()
+           FROM w WHERE t.request_id = w.request_id AND t.bot_id = w.bot_id
+         RETURNING t.request_id, t.bot_id",
     )
-    .bind(id)
-    .bind(bots)
+    .bind(&requests)
+    .bind(&bots)
     .bind(TaskStatus::Done)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    let mut settled = None;
-    if done > 0 {
-        let (all_done,): (bool,) = sqlx::query_as(
-            "UPDATE erasure.requests SET tasks_done = tasks_done + $2, updated_at = now()
-              WHERE request_id = $1 RETURNING tasks_done >= tasks_total",
-        )
-        .bind(id)
-        .bind(done as i32)
-        .fetch_one(&mut *tx)
-        .await?;
-        if all_done {
-            settled = requests::settle(&mut tx, id).await?;
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut counts: Vec<(&RequestId, i32)> = Vec::new();
+    for (request, _) in &done {
+        match counts.iter_mut().find(|(r, _)| *r == request) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((request, 1)),
         }
     }
+    counts.sort();
+    let (ids, ns): (Vec<&RequestId>, Vec<i32>) = counts.iter().copied().unzip();
+    let counted: Vec<(RequestId, bool)> = sqlx::query_as(
+        "WITH d AS (SELECT * FROM unnest($1::text[], $2::int[]) AS d(request_id, n)),
+              locked AS (SELECT r.request_id FROM erasure.requests r JOIN d USING (request_id)
+                          ORDER BY r.request_id FOR UPDATE OF r)
+         UPDATE erasure.requests r SET tasks_done = r.tasks_done + d.n, updated_at = now()
+           FROM d JOIN locked USING (request_id)
+          WHERE r.request_id = d.request_id
+         RETURNING r.request_id, r.tasks_done >= r.tasks_total",
+    )
+    .bind(&ids)
+    .bind(&ns)
+    .fetch_all(&mut *tx)
+    .await?;
+    let finished: Vec<RequestId> = counted
+        .into_iter()
+        .filter_map(|(id, finished)| finished.then_some(id))
+        .collect();
+    let settled = requests::settle(&mut tx, &finished).await?;
     tx.commit().await?;
-    if let Some(s) = &settled {
+    for (_, s) in &settled {
         s.record();
     }
-    Ok(Completed {
-        tasks: done,
-        settled,
-    })
+    // Each task done is the first work's that names it (a duplicate in the same group gets
+    // none), and a settled request is reported by one work.
+    let mut unclaimed: Vec<Option<&(RequestId, BotId)>> = done.iter().map(Some).collect();
+    let mut settled: Vec<Option<(RequestId, Settled)>> = settled.into_iter().map(Some).collect();
+    Ok(works
+        .iter()
+        .map(|(id, bots)| {
+            let mut tasks = 0;
+            for slot in unclaimed.iter_mut() {
+                if slot.is_some_and(|(r, b)| r == *id && bots.contains(b)) {
+                    *slot = None;
+                    tasks += 1;
+                }
+            }
+            let settled = settled
+                .iter_mut()
+                .find(|s| s.as_ref().is_some_and(|(r, _)| r == *id))
+                .and_then(Option::take)
+                .map(|(_, s)| s);
+            Completed { tasks, settled }
+        })
+        .collect())
 }
 
 /// The advance arrow: moves to their next slice the tasks of `bots` whose current slice is

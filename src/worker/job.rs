@@ -6,10 +6,7 @@
 
 use std::{future::Future, sync::Arc};
 
-use lapin::{
-    BasicProperties,
-    types::{AMQPValue, FieldTable},
-};
+use lapin::types::{AMQPValue, FieldTable};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -19,7 +16,7 @@ use crate::{
     erase::DbError,
     queue::{
         self,
-        consumer::{Handler, Outcome},
+        consumer::{Handler, Message, Outcome},
         publisher::Publisher,
     },
     retry::Transient,
@@ -50,6 +47,32 @@ pub trait Job: Send + Sync + 'static {
         msg: &Self::Message,
         stop: &CancellationToken,
     ) -> impl Future<Output = Result<Step, JobError>> + Send;
+
+    /// Most messages worked together (1: one at a time).
+    fn batch(&self, _ctx: &Ctx) -> usize {
+        1
+    }
+
+    /// Does the work of several messages that were ready together, one result each, in order;
+    /// by default one after the other, each in its span.
+    fn execute_many(
+        &self,
+        ctx: &Ctx,
+        msgs: &[&Self::Message],
+        stop: &CancellationToken,
+    ) -> impl Future<Output = Vec<Result<Step, JobError>>> + Send {
+        async move {
+            let mut results = Vec::with_capacity(msgs.len());
+            for msg in msgs {
+                results.push(
+                    self.execute(ctx, msg, stop)
+                        .instrument(self.span(msg))
+                        .await,
+                );
+            }
+            results
+        }
+    }
 }
 
 /// A message that cannot be read, with what it names (read even from a malformed message,
@@ -113,7 +136,7 @@ impl Step {
 }
 
 /// Why a job did not finish.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum JobError {
     /// The service's own database went away and stayed away beyond the retry budget: the
     /// message is handed back, and that does not count as a delivery, however long it lasts.
@@ -193,26 +216,47 @@ impl<J: Job> Runner<J> {
         }
     }
 
-    async fn run(
-        &self,
-        msg: &J::Message,
-        data: &[u8],
-        props: &BasicProperties,
-        stop: &CancellationToken,
-    ) -> Outcome {
-        let delivery = queue::delivery_number(props);
+    /// Reads a delivery: the message, or the outcome of one that is not to run (poison, or
+    /// delivered too often: dead-lettered).
+    async fn admit(&self, message: &Message) -> Result<J::Message, Outcome> {
+        let msg = match self.job.parse(&self.ctx, &message.data) {
+            Ok(msg) => msg,
+            Err(poison) => {
+                metrics::counter!("erasure_poison_messages_total", "kind" => J::NAME).increment(1);
+                let subject = Subject::Request {
+                    request_id: poison.request_id.as_ref(),
+                    account_id: poison.account_id.as_ref(),
+                };
+                return Err(self
+                    .dead_letter(subject, &poison.reason, &message.data)
+                    .await);
+            }
+        };
+        let delivery = queue::delivery_number(&message.props);
         if delivery > u64::from(self.ctx.config.queue.max_deliveries) {
             let reason = format!("delivered {delivery} times without being settled");
-            return self.dead_letter(self.job.subject(msg), &reason, data).await;
+            let outcome = self
+                .dead_letter(self.job.subject(&msg), &reason, &message.data)
+                .instrument(self.job.span(&msg))
+                .await;
+            return Err(outcome);
         }
-        match self.job.execute(&self.ctx, msg, stop).await {
+        Ok(msg)
+    }
+
+    /// What becomes of a delivery once its work ended with `result`.
+    async fn settle(
+        &self,
+        msg: &J::Message,
+        message: &Message,
+        result: Result<Step, JobError>,
+    ) -> Outcome {
+        let (data, props) = (&message.data, &message.props);
+        match result {
             Ok(step) => {
                 metrics::counter!("erasure_job_steps_total", "kind" => J::NAME, "step" => step.name())
                     .increment(1);
                 tracing::debug!(step = step.name(), "job step finished");
-                self.publisher
-                    .publish_outbox(&self.ctx.pool, step.messages())
-                    .await;
                 Outcome::Ack
             }
             Err(JobError::Transient(e)) => {
@@ -297,25 +341,59 @@ impl<J: Job> Runner<J> {
 }
 
 impl<J: Job> Handler for Runner<J> {
-    async fn handle(
-        &self,
-        data: Vec<u8>,
-        props: BasicProperties,
-        stop: CancellationToken,
-    ) -> Outcome {
-        match self.job.parse(&self.ctx, &data) {
-            Ok(msg) => {
-                let span = self.job.span(&msg);
-                self.run(&msg, &data, &props, &stop).instrument(span).await
-            }
-            Err(poison) => {
-                metrics::counter!("erasure_poison_messages_total", "kind" => J::NAME).increment(1);
-                let subject = Subject::Request {
-                    request_id: poison.request_id.as_ref(),
-                    account_id: poison.account_id.as_ref(),
-                };
-                self.dead_letter(subject, &poison.reason, &data).await
+    fn batch(&self) -> usize {
+        self.job.batch(&self.ctx)
+    }
+
+    /// Reads every delivery, works the ones that may run together, publishes what their steps
+    /// queued (in one round of pipelined confirms), then settles each.
+    async fn handle(&self, messages: Vec<Message>, stop: CancellationToken) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(messages.len());
+        let mut ready: Vec<(usize, J::Message)> = Vec::new();
+        for (i, message) in messages.iter().enumerate() {
+            match self.admit(message).await {
+                Ok(msg) => {
+                    ready.push((i, msg));
+                    outcomes.push(None);
+                }
+                Err(outcome) => outcomes.push(Some(outcome)),
             }
         }
+        let msgs: Vec<&J::Message> = ready.iter().map(|(_, m)| m).collect();
+        let results = match msgs.as_slice() {
+            [] => Vec::new(),
+            [one] => {
+                vec![
+                    self.job
+                        .execute(&self.ctx, one, &stop)
+                        .instrument(self.job.span(one))
+                        .await,
+                ]
+            }
+            many => {
+                let span = tracing::info_span!("group", kind = J::NAME, messages = many.len());
+                self.job
+                    .execute_many(&self.ctx, many, &stop)
+                    .instrument(span)
+                    .await
+            }
+        };
+        let queued: Vec<OutboxMessage> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .flat_map(|step| step.messages().iter().cloned())
+            .collect();
+        self.publisher.publish_outbox(&self.ctx.pool, &queued).await;
+        for ((i, msg), result) in ready.iter().zip(results) {
+            let outcome = self
+                .settle(msg, &messages[*i], result)
+                .instrument(self.job.span(msg))
+                .await;
+            outcomes[*i] = Some(outcome);
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.expect("every delivery has its outcome"))
+            .collect()
     }
 }

@@ -1,8 +1,10 @@
-//! Planning: turn an erase request into per-bot tasks. Resolves identities, applies the rules
+//! Planning: turn erase requests into per-bot tasks. Resolves identities, applies the rules
 //! of erasure, and commits the users' outcomes, the tasks and their messages (outbox) in one
-//! transaction, under the request's row lock so that a duplicate delivery plans nothing.
+//! transaction, under the requests' row locks so that a duplicate delivery plans nothing.
+//! Requests ready together are planned together, in one transaction of a dozen statements
+//! whatever their number.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tokio_util::sync::CancellationToken;
 
@@ -12,11 +14,12 @@ use super::{
 };
 use crate::{
     contract::{ERASE_ROUTING_KEY, EraseMessage, TaskMessage},
-    domain::{AccountId, BotId, PlatformUserId},
+    domain::{AccountId, BotId, PlatformUserId, RequestId},
     retry, rules,
     store::{
         dead_letters::Subject,
-        planning::{Planned, Planning},
+        planning::{Plan, PlanRow, Planned, Planning},
+        platform::ResolvedEntry,
         requests::{NewRequest, Source},
     },
 };
@@ -28,6 +31,10 @@ impl Job for PlanJob {
     type Message = EraseMessage;
     const NAME: &'static str = "plan";
     const ROUTING_KEY: &'static str = ERASE_ROUTING_KEY;
+
+    fn batch(&self, ctx: &Ctx) -> usize {
+        ctx.config.worker.coalesce
+    }
 
     fn parse(&self, ctx: &Ctx, data: &[u8]) -> Result<EraseMessage, Poison> {
         EraseMessage::parse(data, ctx.config.http.max_body_bytes, &ctx.limits).map_err(|e| Poison {
@@ -54,16 +61,79 @@ impl Job for PlanJob {
         msg: &EraseMessage,
         _stop: &CancellationToken,
     ) -> Result<Step, JobError> {
-        retry::transient(ctx.retry_budget(), retry::Operation::Plan, || {
-            plan(ctx, msg)
-        })
-        .await
+        plan(ctx, msg).await
+    }
+
+    async fn execute_many(
+        &self,
+        ctx: &Ctx,
+        msgs: &[&EraseMessage],
+        stop: &CancellationToken,
+    ) -> Vec<Result<Step, JobError>> {
+        if msgs.len() > 1 {
+            let group = retry::transient(ctx.retry_budget(), retry::Operation::Plan, || {
+                plan_group(ctx, msgs)
+            })
+            .await;
+            match group {
+                Ok(Some(steps)) => return steps.into_iter().map(Ok).collect(),
+                Err(e) => return msgs.iter().map(|_| Err(e.clone())).collect(),
+                // Something in the group needs a request of its own: each alone.
+                Ok(None) => {}
+            }
+        }
+        let mut steps = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            steps.push(self.execute(ctx, msg, stop).await);
+        }
+        steps
     }
 }
 
-/// Plans one request in one transaction (retried whole on a transient error).
+/// Plans one request (retried whole on a transient error).
 pub async fn plan(ctx: &Ctx, msg: &EraseMessage) -> Result<Step, JobError> {
-    let new = NewRequest {
+    retry::transient(ctx.retry_budget(), retry::Operation::Plan, || async {
+        let mut planning = Planning::begin(&ctx.pool, &[new_request(msg)]).await?;
+        match judge(&mut planning, &[msg]).await?.remove(0) {
+            Verdict::Refused(reason) => Err(JobError::Refused(reason)),
+            Verdict::NotDue => {
+                planning.skip().await?;
+                Ok(Step::Duplicate)
+            }
+            Verdict::Due(bots) => Ok(commit(ctx, planning, &[msg], &[bots]).await?.remove(0)),
+        }
+    })
+    .await
+}
+
+/// Plans several requests in one transaction; `None` (nothing written) when any of them is
+/// refused or not due, to be planned on its own.
+async fn plan_group(ctx: &Ctx, msgs: &[&EraseMessage]) -> Result<Option<Vec<Step>>, JobError> {
+    let mut ids: Vec<&RequestId> = msgs.iter().map(|m| &m.request_id).collect();
+    ids.sort();
+    ids.dedup();
+    if ids.len() < msgs.len() {
+        // A request twice in one group (a redelivery beside the original): one at a time.
+        return Ok(None);
+    }
+    let news: Vec<NewRequest<'_>> = msgs.iter().map(|m| new_request(m)).collect();
+    let mut planning = Planning::begin(&ctx.pool, &news).await?;
+    let verdicts = judge(&mut planning, msgs).await?;
+    if verdicts.len() < msgs.len() {
+        return Ok(None);
+    }
+    let mut bots = Vec::with_capacity(msgs.len());
+    for verdict in verdicts {
+        match verdict {
+            Verdict::Due(b) => bots.push(b),
+            Verdict::NotDue | Verdict::Refused(_) => return Ok(None),
+        }
+    }
+    Ok(Some(commit(ctx, planning, msgs, &bots).await?))
+}
+
+fn new_request(msg: &EraseMessage) -> NewRequest<'_> {
+    NewRequest {
         request_id: &msg.request_id,
         account_id: &msg.account_id,
         requested_by: &msg.requested_by,
@@ -73,82 +143,138 @@ pub async fn plan(ctx: &Ctx, msg: &EraseMessage) -> Result<Step, JobError> {
         idempotency_key: None,
         body_digest: None,
         requested_at: msg.requested_at,
-    };
-    let mut planning = Planning::begin(&ctx.pool, &new).await?;
-    if planning.request.account_id != msg.account_id {
-        return Err(JobError::Refused(
-            "request id already used by another account".into(),
-        ));
     }
-    if !planning.is_due() {
-        planning.skip().await?;
-        return Ok(Step::Duplicate);
+}
+
+/// What a request's plan can be.
+enum Verdict {
+    /// To plan, erasing from these bots.
+    Due(Vec<BotId>),
+    /// A duplicate delivery, or a request already settled: nothing to do.
+    NotDue,
+    /// It breaks a rule: it can never succeed as sent.
+    Refused(String),
+}
+
+/// Judges each request (in the order of `msgs`) with one read per kind for all of them.
+async fn judge(planning: &mut Planning, msgs: &[&EraseMessage]) -> Result<Vec<Verdict>, JobError> {
+    let known = planning.known_accounts().await?;
+    let account_bots = planning.account_bots().await?;
+    let bot_accounts = planning.bot_accounts().await?;
+    Ok(msgs
+        .iter()
+        .zip(&planning.requests)
+        .map(|(msg, row)| verdict(msg, row, &known, &account_bots, &bot_accounts))
+        .collect())
+}
+
+fn verdict(
+    msg: &EraseMessage,
+    row: &PlanRow,
+    known: &HashSet<AccountId>,
+    account_bots: &HashMap<AccountId, Vec<BotId>>,
+    bot_accounts: &HashMap<BotId, AccountId>,
+) -> Verdict {
+    if row.account_id != msg.account_id {
+        return Verdict::Refused("request id already used by another account".into());
     }
-    if !planning.account_exists().await? {
-        return Err(JobError::Refused(
-            "account is unknown to the platform".into(),
-        ));
+    if !row.is_due() {
+        return Verdict::NotDue;
     }
-    let bots = target_bots(&mut planning).await?;
+    if !known.contains(&row.account_id) {
+        return Verdict::Refused("account is unknown to the platform".into());
+    }
+    if row.remove_data_from_all_bots {
+        return Verdict::Due(
+            account_bots
+                .get(&row.account_id)
+                .cloned()
+                .unwrap_or_default(),
+        );
+    }
+    for bot in &row.bot_ids {
+        match bot_accounts.get(bot) {
+            None => return Verdict::Refused(format!("bot {bot} is unknown to the platform")),
+            Some(a) if *a != row.account_id => {
+                return Verdict::Refused(format!(
+                    "bot {bot} is not a bot of the request's account"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Verdict::Due(row.bot_ids.clone())
+}
+
+/// Resolves everyone of the requests, applies the rules to each, and commits their plans.
+async fn commit(
+    ctx: &Ctx,
+    mut planning: Planning,
+    msgs: &[&EraseMessage],
+    bots: &[Vec<BotId>],
+) -> Result<Vec<Step>, JobError> {
     let entries = planning.resolve_users().await?;
     let mut everyone: Vec<PlatformUserId> =
         entries.iter().flat_map(|e| e.user_ids.clone()).collect();
     everyone.sort();
     everyone.dedup();
     let protections = planning.protections(&everyone).await?;
-    let decision = rules::decide(&entries, &protections);
+    let per_request: Vec<Vec<&ResolvedEntry>> = msgs
+        .iter()
+        .map(|m| {
+            entries
+                .iter()
+                .filter(|e| e.request_id == m.request_id)
+                .collect()
+        })
+        .collect();
+    let decisions: Vec<rules::Decision> = per_request
+        .iter()
+        .map(|e| rules::decide(e, &protections))
+        .collect();
     // One message per group of bots: a group's tasks share their delete statements, which
     // visit each heap page once for all of its bots rather than once per bot.
-    let messages: Vec<(String, Vec<u8>)> = TaskMessage::for_bots(
-        &msg.request_id,
-        &bots,
-        ctx.config.worker.bots_per_message,
-        0,
-    )
-    .iter()
-    .map(TaskMessage::outbox_entry)
-    .collect();
-    match planning
-        .commit(&entries, &decision, &bots, &messages)
-        .await?
-    {
+    let messages: Vec<Vec<(String, Vec<u8>)>> = msgs
+        .iter()
+        .zip(bots)
+        .map(|(m, b)| {
+            TaskMessage::for_bots(&m.request_id, b, ctx.config.worker.bots_per_message, 0)
+                .iter()
+                .map(TaskMessage::outbox_entry)
+                .collect()
+        })
+        .collect();
+    let plans: Vec<Plan<'_>> = (0..msgs.len())
+        .map(|i| Plan {
+            request_id: &msgs[i].request_id,
+            entries: &per_request[i],
+            decision: &decisions[i],
+            bots: &bots[i],
+            messages: &messages[i],
+        })
+        .collect();
+    let planned = planning.commit(&plans).await?;
+    Ok(msgs
+        .iter()
+        .zip(planned)
+        .map(|(msg, planned)| step(msg, planned))
+        .collect())
+}
+
+fn step(msg: &EraseMessage, planned: Planned) -> Step {
+    let _span = tracing::info_span!("plan", request_id = %msg.request_id).entered();
+    match planned {
         Planned::Tasks { tasks, messages } => {
             metrics::counter!("erasure_tasks_planned_total").increment(tasks as u64);
-            tracing::info!(tasks, users = entries.len(), "request planned");
-            Ok(Step::Planned { messages })
+            tracing::info!(tasks, users = msg.request.user_ids.len(), "request planned");
+            Step::Planned { messages }
         }
         Planned::Settled(settled) => {
             tracing::info!(
                 status = %settled.status,
                 "request settled at planning: nothing to erase"
             );
-            Ok(Step::SettledAtPlanning)
-        }
-        Planned::NotDue => Ok(Step::Duplicate),
-    }
-}
-
-/// The bots to erase from: every bot of the account, or the bots named, each of which must
-/// be the account's.
-async fn target_bots(planning: &mut Planning) -> Result<Vec<BotId>, JobError> {
-    if planning.request.remove_data_from_all_bots {
-        return Ok(planning.account_bots().await?);
-    }
-    let owners: HashMap<BotId, AccountId> = planning.bot_accounts().await?.into_iter().collect();
-    for bot in &planning.request.bot_ids {
-        match owners.get(bot) {
-            None => {
-                return Err(JobError::Refused(format!(
-                    "bot {bot} is unknown to the platform"
-                )));
-            }
-            Some(a) if *a != planning.request.account_id => {
-                return Err(JobError::Refused(format!(
-                    "bot {bot} is not a bot of the request's account"
-                )));
-            }
-            Some(_) => {}
+            Step::SettledAtPlanning
         }
     }
-    Ok(planning.request.bot_ids.clone())
 }

@@ -57,16 +57,30 @@ impl Job for TaskJob {
         tracing::info_span!("task", request_id = %m.request_id, bot_id = %m.bot_id, slice = m.slice)
     }
 
+    fn batch(&self, ctx: &Ctx) -> usize {
+        ctx.config.worker.coalesce
+    }
+
     async fn execute(
         &self,
         ctx: &Ctx,
         msg: &TaskDelivery,
         stop: &CancellationToken,
     ) -> Result<Step, JobError> {
+        self.execute_many(ctx, &[msg], stop).await.remove(0)
+    }
+
+    async fn execute_many(
+        &self,
+        ctx: &Ctx,
+        msgs: &[&TaskDelivery],
+        stop: &CancellationToken,
+    ) -> Vec<Result<Step, JobError>> {
         let started = Instant::now();
-        let step = run(ctx, &msg.message, stop).await;
+        let messages: Vec<&TaskMessage> = msgs.iter().map(|m| &m.message).collect();
+        let steps = run_group(ctx, &messages, stop).await;
         metrics::histogram!("erasure_task_slice_seconds").record(started.elapsed().as_secs_f64());
-        step
+        steps
     }
 }
 
@@ -79,125 +93,253 @@ fn malformed(e: &serde_json::Error) -> &'static str {
 
 /// Works one slice of the message's tasks.
 pub async fn run(ctx: &Ctx, msg: &TaskMessage, stop: &CancellationToken) -> Result<Step, JobError> {
-    let bots = msg.bots();
-    let group = retry::transient(ctx.retry_budget(), retry::Operation::LoadTask, || {
-        tasks::load(&ctx.pool, &msg.request_id, &bots)
-    })
-    .await?
-    .ok_or(JobError::UnknownTask)?;
-    // The tasks this delivery works: not done, and not already handed over to a later slice
-    // (by a duplicate of this message that got further, or by a message of their own).
-    let bots: Vec<BotId> = group
-        .tasks
-        .iter()
-        .filter(|t| t.status != TaskStatus::Done && t.slice <= msg.slice)
-        .map(|t| t.bot_id.clone())
-        .collect();
-    if bots.is_empty() {
-        return Ok(
-            if group.tasks.iter().all(|t| t.status == TaskStatus::Done) {
-                Step::Drained
-            } else {
-                Step::Stale
-            },
-        );
-    }
-    if msg.slice == 0 {
-        metrics::counter!("erasure_tasks_started_total").increment(bots.len() as u64);
-    }
-    let users = recheck(ctx, &msg.request_id, &group.erase_user_ids).await?;
-    let target = erase::Target {
-        request: &msg.request_id,
-        bots: &bots,
-        users: &users,
-    };
-    let (deleted, drained) = erase_slice(ctx, &target, stop).await?;
-    // Which delivery deleted what: evidence when a task ran in two places at once.
-    tracing::debug!(
-        rows = deleted,
-        drained,
-        bots = bots.iter().map(BotId::as_str).collect::<Vec<_>>().join(","),
-        "slice worked"
-    );
-    if drained {
-        // A count left in another database's ledger by a crash is brought in first: the
-        // request settles with every row counted.
-        retry::transient(ctx.retry_budget(), retry::Operation::SyncCounts, || {
-            ctx.targets.sync_counts(&msg.request_id, &bots)
-        })
-        .await?;
-        let completed =
-            retry::transient(ctx.retry_budget(), retry::Operation::CompleteTask, || {
-                tasks::complete(&ctx.pool, &msg.request_id, &bots)
-            })
-            .await?;
-        metrics::counter!("erasure_tasks_completed_total").increment(completed.tasks);
-        if let Some(settled) = completed.settled {
-            tracing::info!(status = %settled.status, "request settled");
+    run_group(ctx, &[msg], stop).await.remove(0)
+}
+
+/// One message's share of a group: its tasks still to work, whose rows, and how it ends.
+struct Work<'a> {
+    msg: &'a TaskMessage,
+    bots: Vec<BotId>,
+    users: Vec<PlatformUserId>,
+    /// Rows erased by this slice, and whether every store drained.
+    erased: u64,
+    drained: bool,
+    /// Set once the message's outcome is known.
+    step: Option<Result<Step, JobError>>,
+}
+
+impl Work<'_> {
+    fn target(&self) -> erase::Target<'_> {
+        erase::Target {
+            request: &self.msg.request_id,
+            bots: &self.bots,
+            users: &self.users,
         }
-        return Ok(Step::Drained);
     }
-    let next_slice = msg.slice + 1;
-    let messages = retry::transient(ctx.retry_budget(), retry::Operation::ContinueTask, || {
-        tasks::advance(&ctx.pool, &msg.request_id, &bots, msg.slice, |advanced| {
-            continuations(&msg.request_id, advanced, next_slice)
-                .iter()
-                .map(TaskMessage::outbox_entry)
-                .collect()
-        })
-    })
-    .await?;
-    Ok(if messages.is_empty() {
-        Step::Stale
-    } else {
-        Step::Continued { messages }
-    })
+
+    fn active(&self) -> bool {
+        self.step.is_none()
+    }
+
+    /// The message's span (as [`TaskJob::span`]), for what is logged of it in a group.
+    fn span(&self) -> tracing::Span {
+        let m = self.msg;
+        tracing::info_span!("task", request_id = %m.request_id, bot_id = %m.bot_id, slice = m.slice)
+    }
 }
 
-/// Applies the rules again before the slice: a user may have become protected since planning.
-/// Returns the users still to erase. The common case, nobody newly protected, costs one read.
-async fn recheck(
+/// Works one slice of several task messages that were ready together: one load, one
+/// re-check and one completion for all, and where their rows fit one batch of a store, one
+/// count and one delete for all of them; what does not fit is erased message by message.
+pub async fn run_group(
     ctx: &Ctx,
-    id: &RequestId,
-    users: &[PlatformUserId],
-) -> Result<Vec<PlatformUserId>, JobError> {
-    let protections = retry::transient(
-        ctx.retry_budget(),
-        retry::Operation::RecheckProtection,
-        || store::platform::protections(&ctx.pool, users),
-    )
-    .await?;
-    if protections.is_empty() {
-        return Ok(users.to_vec());
-    }
-    Ok(retry::transient(
-        ctx.retry_budget(),
-        retry::Operation::RejectProtected,
-        || requests::reject_protected(&ctx.pool, id, &protections),
-    )
-    .await?)
-}
-
-/// Runs the root stores at once, each on its own connection: they are separate tables, so
-/// their statements share no pages and no locks, and the database works them on as many
-/// cores as it has. Returns the rows erased and whether every store drained.
-async fn erase_slice(
-    ctx: &Ctx,
-    target: &erase::Target<'_>,
+    msgs: &[&TaskMessage],
     stop: &CancellationToken,
-) -> Result<(u64, bool), JobError> {
+) -> Vec<Result<Step, JobError>> {
+    let mut works: Vec<Work<'_>> = msgs
+        .iter()
+        .map(|msg| Work {
+            msg,
+            bots: msg.bots(),
+            users: Vec::new(),
+            erased: 0,
+            drained: true,
+            step: None,
+        })
+        .collect();
+    if let Err(e) = work_slice(ctx, &mut works, stop).await {
+        for w in works.iter_mut().filter(|w| w.active()) {
+            w.step = Some(Err(e.clone()));
+        }
+    }
+    works
+        .into_iter()
+        .map(|w| w.step.expect("every message has its outcome"))
+        .collect()
+}
+
+async fn work_slice(
+    ctx: &Ctx,
+    works: &mut [Work<'_>],
+    stop: &CancellationToken,
+) -> Result<(), JobError> {
+    load(ctx, works).await?;
+    recheck(ctx, works).await?;
+    let active: Vec<usize> = (0..works.len()).filter(|&i| works[i].active()).collect();
     let roots = ctx
         .targets
         .roots()
-        .map(|root| drain(ctx, target, root, stop));
-    let mut erased = 0;
-    let mut drained = true;
-    for outcome in futures_util::future::join_all(roots).await {
-        let (rows, store_drained) = outcome?;
-        erased += rows;
-        drained &= store_drained;
+        .map(|root| erase_root(ctx, root, works, &active, stop));
+    let per_root = futures_util::future::try_join_all(roots).await?;
+    for erased in per_root {
+        for (&i, (rows, drained)) in active.iter().zip(erased) {
+            works[i].erased += rows;
+            works[i].drained &= drained;
+        }
     }
-    Ok((erased, drained))
+    for &i in &active {
+        let w = &works[i];
+        let _span = w.span().entered();
+        // Which delivery deleted what: evidence when a task ran in two places at once.
+        tracing::debug!(
+            rows = w.erased,
+            drained = w.drained,
+            bots = w
+                .bots
+                .iter()
+                .map(BotId::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
+            "slice worked"
+        );
+    }
+    complete(ctx, works).await?;
+    for w in works.iter_mut().filter(|w| w.active()) {
+        w.step = Some(advance(ctx, w).await);
+    }
+    Ok(())
+}
+
+/// Loads the group's tasks. A message whose tasks are unknown, all done, or handed over to a
+/// later slice (by a duplicate that got further, or by a message of their own) ends here.
+async fn load(ctx: &Ctx, works: &mut [Work<'_>]) -> Result<(), JobError> {
+    let keys: Vec<(&RequestId, &[BotId])> = works
+        .iter()
+        .map(|w| (&w.msg.request_id, w.bots.as_slice()))
+        .collect();
+    let loaded = retry::transient(ctx.retry_budget(), retry::Operation::LoadTask, || {
+        tasks::load(&ctx.pool, &keys)
+    })
+    .await?;
+    for (w, group) in works.iter_mut().zip(loaded) {
+        let Some(group) = group else {
+            w.step = Some(Err(JobError::UnknownTask));
+            continue;
+        };
+        w.bots = group
+            .tasks
+            .iter()
+            .filter(|t| t.status != TaskStatus::Done && t.slice <= w.msg.slice)
+            .map(|t| t.bot_id.clone())
+            .collect();
+        w.users = group.erase_user_ids;
+        if w.bots.is_empty() {
+            let done = group.tasks.iter().all(|t| t.status == TaskStatus::Done);
+            w.step = Some(Ok(if done { Step::Drained } else { Step::Stale }));
+        } else if w.msg.slice == 0 {
+            metrics::counter!("erasure_tasks_started_total").increment(w.bots.len() as u64);
+        }
+    }
+    Ok(())
+}
+
+/// Applies the rules again before the slice: a user may have become protected since planning.
+/// The common case, nobody newly protected, costs one read for the whole group.
+async fn recheck(ctx: &Ctx, works: &mut [Work<'_>]) -> Result<(), JobError> {
+    let mut users: Vec<PlatformUserId> = works
+        .iter()
+        .filter(|w| w.active())
+        .flat_map(|w| w.users.iter().cloned())
+        .collect();
+    users.sort();
+    users.dedup();
+    let protections = retry::transient(
+        ctx.retry_budget(),
+        retry::Operation::RecheckProtection,
+        || store::platform::protections(&ctx.pool, &users),
+    )
+    .await?;
+    if protections.is_empty() {
+        return Ok(());
+    }
+    for w in works.iter_mut().filter(|w| w.active()) {
+        if w.users.iter().any(|u| protections.of(u).is_some()) {
+            w.users = retry::transient(
+                ctx.retry_budget(),
+                retry::Operation::RejectProtected,
+                || requests::reject_protected(&ctx.pool, &w.msg.request_id, &protections),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Erases the active works' rows from one root store (and its children): works that share
+/// their bots together in one batch where their rows fit it, the others one by one. Returns,
+/// per active work, the rows erased and whether the store drained for it.
+async fn erase_root(
+    ctx: &Ctx,
+    root: usize,
+    works: &[Work<'_>],
+    active: &[usize],
+    stop: &CancellationToken,
+) -> Result<Vec<(u64, bool)>, JobError> {
+    let mut out = vec![(0, false); active.len()];
+    let mut alone: Vec<usize> = Vec::new();
+    for group in by_bots(works, active) {
+        if group.len() == 1 {
+            alone.push(group[0]);
+            continue;
+        }
+        let targets: Vec<erase::Target<'_>> =
+            group.iter().map(|&k| works[active[k]].target()).collect();
+        match together(ctx, root, &targets, stop).await? {
+            Some(rows) => {
+                for (&k, n) in group.iter().zip(rows) {
+                    out[k] = (n, true);
+                }
+            }
+            None => alone.extend(group),
+        }
+    }
+    for k in alone {
+        out[k] = drain(ctx, &works[active[k]].target(), root, stop).await?;
+    }
+    Ok(out)
+}
+
+/// The active works grouped by their bots (indices into `active`), each group in order.
+fn by_bots(works: &[Work<'_>], active: &[usize]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(&[BotId], Vec<usize>)> = Vec::new();
+    for (k, &i) in active.iter().enumerate() {
+        let bots = works[i].bots.as_slice();
+        match groups.iter_mut().find(|(b, _)| *b == bots) {
+            Some((_, members)) => members.push(k),
+            None => groups.push((bots, vec![k])),
+        }
+    }
+    groups.into_iter().map(|(_, members)| members).collect()
+}
+
+/// One batch for several targets sharing their bots, when their rows fit it: rows per target.
+async fn together(
+    ctx: &Ctx,
+    root: usize,
+    targets: &[erase::Target<'_>],
+    stop: &CancellationToken,
+) -> Result<Option<Vec<u64>>, JobError> {
+    let limit = ctx.throttle.batch(ctx.config.worker.batch_size);
+    if stop.is_cancelled() || !ctx.throttle.reserve(&ctx.pool, limit as u64, stop).await? {
+        return Ok(None);
+    }
+    let refs: Vec<&erase::Target<'_>> = targets.iter().collect();
+    let started = Instant::now();
+    let erased = retry::transient(ctx.retry_budget(), retry::Operation::DeleteBatch, || {
+        ctx.targets.together(root, &refs, limit)
+    })
+    .await?;
+    let rows: Option<Vec<u64>> = erased.map(|each| {
+        let batch = erase::Batch {
+            stores: each,
+            drained: true,
+        };
+        observe(ctx, root, &batch, started);
+        batch.stores.iter().map(erase::StoreRows::total).collect()
+    });
+    let used = rows.as_ref().map_or(0, |r| r.iter().sum());
+    ctx.throttle.settle(&ctx.pool, limit as u64, used).await?;
+    Ok(rows)
 }
 
 /// Erases the target's rows from one root store (and its children), batch by batch, until a
@@ -209,7 +351,6 @@ async fn drain(
     root: usize,
     stop: &CancellationToken,
 ) -> Result<(u64, bool), JobError> {
-    let name = ctx.targets.catalog.stores[root].name.clone();
     let limit = ctx.throttle.batch(ctx.config.worker.batch_size);
     let mut erased = 0;
     for round in 0..ctx.config.worker.batches_per_slice {
@@ -221,10 +362,7 @@ async fn drain(
             ctx.targets.batch(root, target, limit, round == 0)
         })
         .await?;
-        let took = started.elapsed().as_secs_f64();
-        metrics::histogram!("erasure_delete_batch_seconds", "store" => name.clone()).record(took);
-        let rows = record_rows(ctx, &batch);
-        tracing::trace!(store = %name, rows, drained = batch.drained, seconds = took, "batch");
+        let rows = observe(ctx, root, &batch, started);
         ctx.throttle.settle(&ctx.pool, limit as u64, rows).await?;
         erased += rows;
         if batch.drained {
@@ -234,9 +372,13 @@ async fn drain(
     Ok((erased, false))
 }
 
-/// Counts a batch's rows in the metrics, per store and action; returns their sum.
-fn record_rows(ctx: &Ctx, batch: &erase::Batch) -> u64 {
-    let mut sum = 0;
+/// Records a batch in the metrics (its duration, its rows per store and action) and the
+/// trace log; returns its rows.
+fn observe(ctx: &Ctx, root: usize, batch: &erase::Batch, started: Instant) -> u64 {
+    let took = started.elapsed().as_secs_f64();
+    let name = ctx.targets.catalog.stores[root].name.clone();
+    metrics::histogram!("erasure_delete_batch_seconds", "store" => name.clone()).record(took);
+    let mut rows = 0;
     for s in &batch.stores {
         let store = &ctx.targets.catalog.stores[s.store];
         let label = store.name.clone();
@@ -247,9 +389,73 @@ fn record_rows(ctx: &Ctx, batch: &erase::Batch) -> u64 {
             }
         }
         .increment(s.total());
-        sum += s.total();
+        rows += s.total();
     }
-    sum
+    tracing::trace!(store = %name, rows, drained = batch.drained, seconds = took, "batch");
+    rows
+}
+
+/// Marks done, in one transaction, the tasks of every work whose stores all drained (a count
+/// left in another database's ledger by a crash is brought in first: the request settles
+/// with every row counted).
+async fn complete(ctx: &Ctx, works: &mut [Work<'_>]) -> Result<(), JobError> {
+    let drained: Vec<usize> = (0..works.len())
+        .filter(|&i| works[i].active() && works[i].drained)
+        .collect();
+    if drained.is_empty() {
+        return Ok(());
+    }
+    if !ctx.targets.others().is_empty() {
+        for &i in &drained {
+            let w = &works[i];
+            retry::transient(ctx.retry_budget(), retry::Operation::SyncCounts, || {
+                ctx.targets.sync_counts(&w.msg.request_id, &w.bots)
+            })
+            .await?;
+        }
+    }
+    let keys: Vec<(&RequestId, &[BotId])> = drained
+        .iter()
+        .map(|&i| (&works[i].msg.request_id, works[i].bots.as_slice()))
+        .collect();
+    let completed = retry::transient(ctx.retry_budget(), retry::Operation::CompleteTask, || {
+        tasks::complete(&ctx.pool, &keys)
+    })
+    .await?;
+    for (&i, done) in drained.iter().zip(completed) {
+        metrics::counter!("erasure_tasks_completed_total").increment(done.tasks);
+        if let Some(settled) = done.settled {
+            let _span = works[i].span().entered();
+            tracing::info!(status = %settled.status, "request settled");
+        }
+        works[i].step = Some(Ok(Step::Drained));
+    }
+    Ok(())
+}
+
+/// Hands a work whose slice is used up over to its continuation messages.
+async fn advance(ctx: &Ctx, w: &Work<'_>) -> Result<Step, JobError> {
+    let next_slice = w.msg.slice + 1;
+    let messages = retry::transient(ctx.retry_budget(), retry::Operation::ContinueTask, || {
+        tasks::advance(
+            &ctx.pool,
+            &w.msg.request_id,
+            &w.bots,
+            w.msg.slice,
+            |advanced| {
+                continuations(&w.msg.request_id, advanced, next_slice)
+                    .iter()
+                    .map(TaskMessage::outbox_entry)
+                    .collect()
+            },
+        )
+    })
+    .await?;
+    Ok(if messages.is_empty() {
+        Step::Stale
+    } else {
+        Step::Continued { messages }
+    })
 }
 
 /// The messages that continue `bots` at `slice`: two halves when there are several, so that

@@ -246,3 +246,109 @@ async fn unreadable_messages_are_poison_naming_what_they_can() {
         poison.reason
     );
 }
+
+/// Plans several requests as the runner does when their messages are ready together.
+async fn plan_together(ctx: &Ctx, msgs: &[EraseMessage]) -> Vec<Result<Step, JobError>> {
+    let refs: Vec<&EraseMessage> = msgs.iter().collect();
+    PlanJob
+        .execute_many(ctx, &refs, &CancellationToken::new())
+        .await
+}
+
+/// Works several task messages together, as the runner does.
+async fn work_together(ctx: &Ctx, msgs: &[TaskMessage]) -> Vec<Result<Step, JobError>> {
+    let deliveries: Vec<task::TaskDelivery> = msgs
+        .iter()
+        .map(|m| task::TaskDelivery {
+            message: m.clone(),
+            bots: m.bots(),
+        })
+        .collect();
+    let refs: Vec<&task::TaskDelivery> = deliveries.iter().collect();
+    TaskJob
+        .execute_many(ctx, &refs, &CancellationToken::new())
+        .await
+}
+
+#[tokio::test]
+async fn requests_ready_together_are_planned_together_and_erased_in_shared_statements() {
+    let env = TestEnv::new().await;
+    let bots = platform(&env, 3).await;
+    for user in ["u-3", "u-4"] {
+        env.user(user, None, None).await;
+        for bot in &bots {
+            env.rows(user, bot.as_str(), 2).await;
+        }
+    }
+    let ctx = Ctx::built_in(env.pool.clone(), env.config());
+    // Four requests: three users of all three bots (u-1 asked twice), one of two bots.
+    let msgs = vec![
+        message(&["u-1"], &bots),
+        message(&["u-2", "u-9"], &bots),
+        message(&["u-1"], &bots),
+        message(&["u-3"], &bots[..2]),
+    ];
+    let steps = plan_together(&ctx, &msgs).await;
+    let mut tasks = Vec::new();
+    for step in &steps {
+        tasks.extend(queued(step.as_ref().unwrap()));
+    }
+    assert_eq!(tasks.len(), 4, "one message per request");
+    let outcomes = env.user_outcomes(msgs[1].request_id.as_str()).await;
+    assert_eq!(
+        outcomes[1].2.as_deref(),
+        Some("account_owner"),
+        "rules apply per request"
+    );
+
+    let steps = work_together(&ctx, &tasks).await;
+    assert!(
+        steps.iter().all(|s| matches!(s, Ok(Step::Drained))),
+        "{steps:?}"
+    );
+    for (user, gone) in [("u-1", true), ("u-2", true), ("u-3", true), ("u-4", false)] {
+        for (i, bot) in bots.iter().enumerate() {
+            let left = env.count_rows(user, bot.as_str()).await;
+            let erased = gone && !(user == "u-3" && i == 2);
+            assert_eq!(left == 0, erased, "{user} in {bot}: {left} rows left");
+        }
+    }
+    // Every row counted once: u-1's by the first of its two requests.
+    let rows: Vec<i64> = {
+        let mut rows = Vec::new();
+        for m in &msgs {
+            rows.push(env.rows_deleted(m.request_id.as_str()).await);
+        }
+        rows
+    };
+    assert_eq!(rows, [3 * 9, 3 * 9, 0, 2 * 6]);
+    for m in &msgs {
+        assert_eq!(
+            env.request_status(m.request_id.as_str()).await.as_deref(),
+            Some("completed")
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refused_request_in_a_group_is_refused_alone_and_the_others_are_planned() {
+    let env = TestEnv::new().await;
+    let bots = platform(&env, 1).await;
+    let other = env.account("acct-x", 1).await;
+    let ctx = Ctx::built_in(env.pool.clone(), env.config());
+    let msgs = vec![
+        message(&["u-1"], &bots),
+        message(&["u-2"], &[BotId::new(&other[0])]),
+    ];
+    let steps = plan_together(&ctx, &msgs).await;
+    assert!(
+        matches!(steps[0], Ok(Step::Planned { .. })),
+        "{:?}",
+        steps[0]
+    );
+    assert!(
+        matches!(&steps[1], Err(JobError::Refused(r)) if r.contains("not a bot of the request's account")),
+        "{:?}",
+        steps[1]
+    );
+}
