@@ -224,6 +224,11 @@ pub const FAMILIES: &[Family] = &[
                 .collect()
         },
     ),
+    histogram(
+        "erasure_job_group_messages",
+        "Messages worked together by one delivery round of a consumer (ERASURE_COALESCE at most), by kind (plan, task)",
+        kinds,
+    ),
     counter(
         "erasure_dead_lettered_total",
         "Messages moved to the dead-letter queue, by kind (plan, task)",

@@ -360,6 +360,10 @@ impl<J: Job> Handler for Runner<J> {
             }
         }
         let msgs: Vec<&J::Message> = ready.iter().map(|(_, m)| m).collect();
+        if !msgs.is_empty() {
+            metrics::histogram!("erasure_job_group_messages", "kind" => J::NAME)
+                .record(msgs.len() as f64);
+        }
         let results = match msgs.as_slice() {
             [] => Vec::new(),
             [one] => {

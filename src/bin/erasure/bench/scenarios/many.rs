@@ -16,7 +16,9 @@ use super::{
     super::profile::{self, Cpu},
     small,
 };
-use super::{BULK_ACCOUNT, Bench, Figures, Scenario, Workers, app_token, floor, step, warm_up};
+use super::{
+    BULK_ACCOUNT, Bench, Figures, Scenario, Workers, app_token, floor, metric_sum, step, warm_up,
+};
 
 pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()> {
     let opts = bench.opts;
@@ -47,6 +49,14 @@ pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()>
     let settled = small::settle(bench, &accepted.ids).await?;
     let wall = started.elapsed().as_secs_f64();
     let (service_cpu, postgres_cpu) = cpu.finish(&bench.pool).await?;
+    let mut groups = [(0.0, 0.0); 2];
+    for w in &workers.0 {
+        let m = w.metrics().await?;
+        for (k, kind) in ["kind=\"plan\"", "kind=\"task\""].iter().enumerate() {
+            groups[k].0 += metric_sum(&m, "erasure_job_group_messages_sum", kind);
+            groups[k].1 += metric_sum(&m, "erasure_job_group_messages_count", kind);
+        }
+    }
     if let Some(statements) = profiling {
         let report = statements
             .finish(accepted.ids.len())
@@ -69,6 +79,9 @@ pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()>
     figures.set("many_rows_per_s_service", settled.rows as f64 / wall);
     figures.set("many_ratio", (settled.rows as f64 / wall) / floor_rps);
     figures.set("many_completed_per_s", n / wall);
+    figures.set("many_accepted_per_s", accepted.per_s);
+    figures.set("many_mean_plan_group", groups[0].0 / groups[0].1.max(1.0));
+    figures.set("many_mean_task_group", groups[1].0 / groups[1].1.max(1.0));
     figures.set("many_p50_ms", settled.p50_ms);
     figures.set("many_p99_ms", settled.p99_ms);
     figures.set("many_cpu_ms_per_request_service", service_cpu * 1000.0 / n);
