@@ -224,6 +224,14 @@ settings! {
         sweep: Duration = "ERASURE_RETENTION_SWEEP_SECONDS", "60", seconds(1, 86_400);
     }
 
+    /// Proof of erasure: verification and receipts.
+    proof: ProofSettings {
+        /// seconds after a request completes that the verification counts its erased users' rows again and erases late ones (0: at once; never later than `ERASURE_PII_RETENTION`, which needs it done)
+        verify_after: Duration = "ERASURE_VERIFY_AFTER", "300", seconds(0, 31_536_000);
+        /// how often the verification job looks for requests due for verification or for their receipt
+        verify_sweep: Duration = "ERASURE_VERIFY_SWEEP_SECONDS", "5", seconds(1, 3600);
+    }
+
     /// What to erase.
     targets: TargetSettings {
         /// the target catalog: a TOML file naming the stores to erase, their keys, children, databases and actions (empty: the built-in catalog of `platform.conversations`, `platform.sessions`, `platform.analytics_events`)

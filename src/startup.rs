@@ -21,7 +21,7 @@ use crate::{
         consumer::{self, ConsumerSpec},
         publisher::Publisher,
     },
-    relay, retention, retry, store, telemetry,
+    relay, retention, retry, store, telemetry, verify,
     worker::{Ctx, job::Runner, plan::PlanJob, task::TaskJob},
 };
 
@@ -210,6 +210,7 @@ async fn spawn_workers(
     ];
     let plan = Runner::new(PlanJob, ctx.clone(), publisher.clone());
     tracker.spawn(consumer::run(requests, Arc::new(plan), cancel.clone()));
+    tracker.spawn(verify::run(ctx.clone(), cancel.clone()));
     let task = Runner::new(TaskJob, ctx, publisher.clone());
     tracker.spawn(consumer::run(tasks, Arc::new(task), cancel.clone()));
     consumers

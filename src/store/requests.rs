@@ -421,6 +421,7 @@ pub async fn status_document(
         })
         .collect();
     let progress = progress(pool, catalog, &r).await?;
+    let verification = super::proofs::verification(pool, catalog, id).await?;
     Ok(Some(StatusDocument {
         id: r.request_id.clone(),
         request_id: r.request_id,
@@ -432,6 +433,7 @@ pub async fn status_document(
         response,
         progress,
         failure_reason: r.failure_reason,
+        verification,
     }))
 }
 

@@ -24,3 +24,4 @@ mod proxy;
 mod readme;
 mod rules;
 mod security;
+mod verify;
