@@ -9,8 +9,8 @@ mod values;
 
 pub use values::{AmqpUrls, CredentialUrl, LogFormat, QueuePrefix, Secret, Value};
 use values::{
-    amqp_urls, duration, int, log_filter, log_format, millis, optional_path, postgres_url,
-    queue_prefix, seconds, secret, socket_addr,
+    amqp_urls, duration, int, log_filter, log_format, millis, optional_path, path_list,
+    postgres_url, queue_prefix, seconds, secret, socket_addr, text,
 };
 
 /// A configuration value that could not be used, naming the variable.
@@ -230,6 +230,12 @@ settings! {
         verify_after: Duration = "ERASURE_VERIFY_AFTER", "300", seconds(0, 31_536_000);
         /// how often the verification job looks for requests due for verification or for their receipt
         verify_sweep: Duration = "ERASURE_VERIFY_SWEEP_SECONDS", "5", seconds(1, 3600);
+        /// `iss` claim of every receipt
+        receipt_issuer: String = "ERASURE_RECEIPT_ISSUER", "erasure", text(256);
+        /// Ed25519 key signing receipts: a PKCS#8 PEM file (empty: the built-in development key, which proves nothing)
+        receipt_key_file: Option<PathBuf> = "ERASURE_RECEIPT_KEY_FILE", "", optional_path;
+        /// earlier receipt keys, still published in `/.well-known/jwks.json`: PEM files (private or public), comma-separated
+        receipt_previous_key_files: Vec<PathBuf> = "ERASURE_RECEIPT_PREVIOUS_KEY_FILES", "", path_list;
     }
 
     /// What to erase.

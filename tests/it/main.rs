@@ -22,6 +22,7 @@ mod process;
 mod producer;
 mod proxy;
 mod readme;
+mod receipt;
 mod rules;
 mod security;
 mod verify;
