@@ -3,8 +3,8 @@
 # settings: starts them if they are installed but stopped, installs them with apt-get (Debian)
 # if they are missing, and restarts a RabbitMQ that accepts connections but no longer completes
 # an AMQP handshake. With --tools (scripts/test), also installs what the tests run, never as
-# daemons: pgbouncer and promtool (Debian's `pgbouncer` and `prometheus`), kubernetes-validate
-# and the API fuzzer schemathesis (PyPI). Safe to run again.
+# daemons: pgbouncer and promtool (Debian's `pgbouncer` and `prometheus`), kubernetes-validate,
+# the API fuzzer schemathesis and the JOSE library jwcrypto (PyPI). Safe to run again.
 set -euo pipefail
 
 PG_PORT=5432
@@ -12,6 +12,9 @@ AMQP_PORT=5672
 SCRIPTS=$(cd "$(dirname "$0")" && pwd)
 # The version tests/it/fuzz.rs was written against; a newer one may add checks.
 SCHEMATHESIS_VERSION=4.32.5
+# The JOSE library tests/it/receipt.rs verifies receipts with: Python's, on OpenSSL's Ed25519,
+# so that a receipt is checked by an implementation that shares nothing with the signer.
+JWCRYPTO_VERSION=1.6.1
 
 log() { printf '[services] %s\n' "$*" >&2; }
 
@@ -193,10 +196,19 @@ ensure_schemathesis() {
     python3 -m pip install --quiet --user --break-system-packages "schemathesis==$SCHEMATHESIS_VERSION"
 }
 
+ensure_jwcrypto() {
+  if python3 -c 'import jwcrypto' 2>/dev/null; then log "jwcrypto is installed"; return; fi
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  log "installing jwcrypto (pip)"
+  python3 -m pip install --quiet "jwcrypto==$JWCRYPTO_VERSION" 2>/dev/null ||
+    python3 -m pip install --quiet --user --break-system-packages "jwcrypto==$JWCRYPTO_VERSION"
+}
+
 command -v python3 >/dev/null || apt_install python3
 ensure_postgres
 ensure_rabbitmq
 if [ "${1:-}" = "--tools" ]; then
   ensure_tools
   ensure_schemathesis
+  ensure_jwcrypto
 fi

@@ -1,5 +1,5 @@
 //! A client of the intake's HTTP API (README "HTTP API"), the one that `erasure submit`,
-//! `erasure status`, the benchmark and the tests call the intake through.
+//! `erasure status`, `erasure receipt`, the benchmark and the tests call the intake through.
 //!
 //! Each operation builds a [`Call`], which either [`Call::send`]s for the typed answer of its
 //! success status or returns the raw [`Reply`] whatever the status ([`Call::reply`]), as tests
@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::{
     contract::{Accepted, StatusDocument},
-    intake::{ERASE_PATH, STATUS_PATH},
+    intake::{ERASE_PATH, JWKS_PATH, RECEIPT_PATH, STATUS_PATH},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +67,17 @@ impl Client {
 
     /// `GET /api/public/bot/eraseUsersData/status/{requestId}`: `200` and the status document.
     pub fn status(&self, token: &str, request_id: &str) -> Call<StatusDocument> {
-        let path = STATUS_PATH.replace("{request_id}", &path_segment(request_id));
+        self.get_of_request(STATUS_PATH, token, request_id)
+    }
+
+    /// `GET /api/public/bot/eraseUsersData/{requestId}/receipt`: `200` and the signed receipt.
+    pub fn receipt(&self, token: &str, request_id: &str) -> Call<Jose> {
+        self.get_of_request(RECEIPT_PATH, token, request_id)
+    }
+
+    /// An authenticated `GET` of `template` naming one request, `200` on success.
+    fn get_of_request<T>(&self, template: &str, token: &str, request_id: &str) -> Call<T> {
+        let path = template.replace("{request_id}", &path_segment(request_id));
         Call::new(
             self.http
                 .get(format!("{}{path}", self.base))
@@ -75,7 +85,19 @@ impl Client {
             StatusCode::OK,
         )
     }
+
+    /// `GET /.well-known/jwks.json`: the keys that verify receipts.
+    pub fn jwks(&self) -> Call<Value> {
+        Call::new(
+            self.http.get(format!("{}{JWKS_PATH}", self.base)),
+            StatusCode::OK,
+        )
+    }
 }
+
+/// The answer of a call whose body is a compact JWS (`application/jose`), not JSON: read it
+/// with [`Call::text`].
+pub enum Jose {}
 
 /// One prepared call whose success answer is a `T`.
 #[must_use = "a call does nothing until it is sent"]
@@ -94,6 +116,20 @@ impl<T> Call<T> {
         }
     }
 
+    /// The body of the success answer as text (for answers that are not JSON); any other
+    /// status is [`Error::Refused`].
+    pub async fn text(self) -> Result<String, Error> {
+        let success = self.success.as_u16();
+        let reply = self.reply().await?;
+        if reply.status != success {
+            return Err(Error::Refused {
+                status: reply.status,
+                body: reply.body,
+            });
+        }
+        Ok(reply.body)
+    }
+
     /// The answer as it came, whatever its status; an error only if there was no answer.
     pub async fn reply(self) -> Result<Reply, Error> {
         let response = self.request.send().await?;
@@ -108,15 +144,9 @@ impl<T: DeserializeOwned> Call<T> {
     /// [`Error::Refused`] with the intake's body (`{"errors": [...]}`).
     pub async fn send(self) -> Result<T, Error> {
         let success = self.success.as_u16();
-        let reply = self.reply().await?;
-        if reply.status != success {
-            return Err(Error::Refused {
-                status: reply.status,
-                body: reply.body,
-            });
-        }
-        serde_json::from_str(&reply.body).map_err(|source| Error::Unexpected {
-            status: reply.status,
+        let body = self.text().await?;
+        serde_json::from_str(&body).map_err(|source| Error::Unexpected {
+            status: success,
             source,
         })
     }

@@ -9,8 +9,8 @@ mod values;
 
 pub use values::{AmqpUrls, CredentialUrl, LogFormat, QueuePrefix, Secret, Value};
 use values::{
-    amqp_urls, duration, int, log_filter, log_format, millis, optional_path, postgres_url,
-    queue_prefix, seconds, secret, socket_addr,
+    amqp_urls, duration, int, log_filter, log_format, millis, optional_path, path_list,
+    postgres_url, queue_prefix, seconds, secret, socket_addr, text,
 };
 
 /// A configuration value that could not be used, naming the variable.
@@ -224,6 +224,20 @@ settings! {
         pii_retention: Duration = "ERASURE_PII_RETENTION", "30d", duration;
         /// how often the retention job runs
         sweep: Duration = "ERASURE_RETENTION_SWEEP_SECONDS", "60", seconds(1, 86_400);
+    }
+
+    /// Proof of erasure: verification and receipts.
+    proof: ProofSettings {
+        /// seconds after a request completes that the verification counts its erased users' rows again and erases late ones (0: at once; never later than `ERASURE_PII_RETENTION`, which needs it done)
+        verify_after: Duration = "ERASURE_VERIFY_AFTER", "300", seconds(0, 31_536_000);
+        /// how often the verification job looks for requests due for verification or for their receipt
+        verify_sweep: Duration = "ERASURE_VERIFY_SWEEP_SECONDS", "5", seconds(1, 3600);
+        /// `iss` claim of every receipt
+        receipt_issuer: String = "ERASURE_RECEIPT_ISSUER", "erasure", text(256);
+        /// Ed25519 key signing receipts: a PKCS#8 PEM file (empty: the built-in development key, which proves nothing)
+        receipt_key_file: Option<PathBuf> = "ERASURE_RECEIPT_KEY_FILE", "", optional_path;
+        /// earlier receipt keys, still published in `/.well-known/jwks.json`: PEM files (private or public), comma-separated
+        receipt_previous_key_files: Vec<PathBuf> = "ERASURE_RECEIPT_PREVIOUS_KEY_FILES", "", path_list;
     }
 
     /// What to erase.

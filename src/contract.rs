@@ -766,6 +766,20 @@ pub struct StatusDocument {
         default
     )]
     pub failure_reason: Option<String>,
+    /// The verification after completion (DESIGN.md section 12); absent until verified.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub verification: Option<Verification>,
+}
+
+/// What the verification found after a request completed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    pub verified_on: String,
+    /// Rows written after the last batch and erased by the verification, per store.
+    pub late_rows: StoreRows,
+    /// Rows of the erased users left in the request's bots when it finished: always 0.
+    pub remaining_rows: i64,
 }
 
 /// Formats a time as the platform does: `2026-11-28T10:00:00.000Z`.

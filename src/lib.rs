@@ -4,7 +4,8 @@
 //! The flow, one module per step: [`intake`] (HTTP, auth) → [`queue`] (RabbitMQ) →
 //! [`worker`] (planning, tasks) → [`erase`] (batched deletes) → [`store`] (the service's own
 //! state). [`contract`] holds the wire types every side shares, [`domain`] the identifiers and
-//! states, [`rules`] the rules of erasure.
+//! states, [`rules`] the rules of erasure. Proof of erasure: [`verify`] (the verification job)
+//! and [`receipt`] (signed receipts).
 
 pub mod catalog;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod domain;
 pub mod erase;
 pub mod intake;
 pub mod queue;
+pub mod receipt;
 pub mod relay;
 pub mod retention;
 pub mod retry;
@@ -24,4 +26,5 @@ pub mod seed;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod verify;
 pub mod worker;

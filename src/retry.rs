@@ -48,6 +48,8 @@ crate::telemetry::label_values! {
         ContinueTask => "continue_task",
         DeleteBatch => "delete_batch",
         RecordDeadLetter => "record_dead_letter",
+        Verify => "verify",
+        RecordProof => "record_proof",
     }
 }
 

@@ -21,7 +21,7 @@ use crate::{
         consumer::{self, ConsumerSpec},
         publisher::Publisher,
     },
-    relay, retention, retry, store, telemetry,
+    receipt, relay, retention, retry, store, telemetry, verify,
     worker::{Ctx, job::Runner, plan::PlanJob, task::TaskJob},
 };
 
@@ -91,6 +91,7 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
     })
     .await
     .context("connecting to PostgreSQL and applying migrations")?;
+    let receipts = receipt_keys(&config, role)?;
     warn_about_development_keys(&config);
     let targets = Arc::new(
         Targets::connect(&config, pool.clone())
@@ -140,6 +141,7 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
             config.http.rate_limit_per_app,
             config.http.rate_limit_burst,
         )),
+        receipts,
     };
     let app = intake::router(state, role.intake());
     let listener = tokio::net::TcpListener::bind(config.http.addr)
@@ -179,6 +181,21 @@ fn warn_about_development_keys(config: &Config) {
     }
 }
 
+/// The receipt keys of a process that serves the API (an intake); a worker signs nothing, so
+/// it needs no key file mounted.
+fn receipt_keys(config: &Config, role: Role) -> anyhow::Result<Option<Arc<receipt::Keys>>> {
+    if !role.intake() {
+        return Ok(None);
+    }
+    let keys = receipt::Keys::load(&config.proof).context("loading the receipt signing keys")?;
+    if config.proof.receipt_key_file.is_none() {
+        tracing::warn!(
+            "ERASURE_RECEIPT_KEY_FILE is not set: receipts are signed with the built-in development key, which proves nothing"
+        );
+    }
+    Ok(Some(Arc::new(keys)))
+}
+
 /// Starts one consumer per worker queue, each running its job; returns their readiness flags.
 async fn spawn_workers(
     config: &Config,
@@ -210,6 +227,7 @@ async fn spawn_workers(
     ];
     let plan = Runner::new(PlanJob, ctx.clone(), publisher.clone());
     tracker.spawn(consumer::run(requests, Arc::new(plan), cancel.clone()));
+    tracker.spawn(verify::run(ctx.clone(), cancel.clone()));
     let task = Runner::new(TaskJob, ctx, publisher.clone());
     tracker.spawn(consumer::run(tasks, Arc::new(task), cancel.clone()));
     consumers

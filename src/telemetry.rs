@@ -249,6 +249,11 @@ pub const FAMILIES: &[Family] = &[
         "Platform rows kept but anonymized, by store",
         |c| stores(c, ANONYMIZE),
     ),
+    counter(
+        "erasure_late_rows_total",
+        "Rows written after a request's last batch, found and erased by its verification, by store",
+        |c| each("store", c.stores.iter().map(|s| s.name.clone())),
+    ),
     histogram(
         "erasure_delete_batch_seconds",
         "Duration of one batch delete statement, by store",

@@ -1,6 +1,7 @@
 //! The `erasure` command line (DESIGN.md section 5), but for `erasure bench`, which the
 //! binary adds (`src/bin/erasure/bench/`).
 
+mod receipt;
 mod targets;
 
 use std::{path::PathBuf, time::Duration};
@@ -84,6 +85,9 @@ pub enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// A request's signed receipt through the HTTP API (`erasure receipt ID`), or a receipt
+    /// checked offline (`erasure receipt verify FILE --jwks FILE_OR_URL`).
+    Receipt(receipt::ReceiptArgs),
     /// Move dead-lettered messages back for another attempt.
     Redrive {
         #[arg(long, default_value_t = 1000)]
@@ -255,6 +259,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             client,
             watch,
         } => status(&config, &request_id, &client, watch).await,
+        Command::Receipt(args) => receipt::run(&config, args).await,
         Command::Redrive { limit } => {
             let pool = store::connect_and_migrate(
                 &config.database.url,

@@ -28,6 +28,13 @@ impl Value for Duration {
     }
 }
 
+impl Value for Vec<PathBuf> {
+    fn show(&self) -> String {
+        let paths: Vec<String> = self.iter().map(|p| p.display().to_string()).collect();
+        paths.join(",")
+    }
+}
+
 impl Value for Option<PathBuf> {
     fn show(&self) -> String {
         self.as_ref()
@@ -271,4 +278,27 @@ pub fn secret(dev: &'static [u8]) -> impl Fn(&str) -> Result<Secret, String> {
 pub fn optional_path(raw: &str) -> Result<Option<PathBuf>, String> {
     let raw = raw.trim();
     Ok((!raw.is_empty()).then(|| PathBuf::from(raw)))
+}
+
+/// Files' paths, comma-separated; empty: none.
+pub fn path_list(raw: &str) -> Result<Vec<PathBuf>, String> {
+    Ok(raw
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .collect())
+}
+
+/// Text of 1 to `max` bytes without control characters, as given.
+pub fn text(max: usize) -> impl Fn(&str) -> Result<String, String> {
+    move |raw| {
+        if raw.trim().is_empty() || raw.len() > max || raw.chars().any(char::is_control) {
+            Err(format!(
+                "must be 1 to {max} bytes of text without control characters"
+            ))
+        } else {
+            Ok(raw.to_string())
+        }
+    }
 }

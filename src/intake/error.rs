@@ -68,6 +68,7 @@ pub enum Stage {
     Authentication,
     Recording,
     Status,
+    Receipt,
 }
 
 impl Stage {
@@ -76,6 +77,7 @@ impl Stage {
             Stage::Authentication => "authentication is temporarily unavailable",
             Stage::Recording => "the request could not be recorded; retry later",
             Stage::Status => "status is temporarily unavailable",
+            Stage::Receipt => "the receipt is temporarily unavailable",
         }
     }
 }
@@ -106,6 +108,9 @@ pub enum IntakeError {
     /// 404.
     #[error("no such endpoint")]
     NoSuchEndpoint,
+    /// 409: no receipt yet: the request is not settled and verified (DESIGN.md section 12).
+    #[error("the request has no receipt yet: it is not settled and verified")]
+    NotVerified,
     /// 413.
     #[error("body must be at most {max} bytes")]
     TooLarge { max: usize },
@@ -137,6 +142,7 @@ impl IntakeError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::ForeignBots(_) => StatusCode::FORBIDDEN,
             Self::NoSuchRequest | Self::NoSuchEndpoint => StatusCode::NOT_FOUND,
+            Self::NotVerified => StatusCode::CONFLICT,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -156,8 +162,14 @@ impl IntakeError {
             Self::TooLarge { .. } => Refusal::TooLarge,
             Self::IdempotencyKeyReused => Refusal::IdempotencyConflict,
             Self::RateLimited { .. } => Refusal::RateLimited,
-            Self::Unavailable { stage, .. } if *stage != Stage::Status => Refusal::Unavailable,
-            Self::Unavailable { .. } | Self::NoSuchRequest | Self::NoSuchEndpoint => return None,
+            Self::Unavailable {
+                stage: Stage::Authentication | Stage::Recording,
+                ..
+            } => Refusal::Unavailable,
+            Self::Unavailable { .. }
+            | Self::NoSuchRequest
+            | Self::NoSuchEndpoint
+            | Self::NotVerified => return None,
         })
     }
 
@@ -171,6 +183,7 @@ impl IntakeError {
             Self::Unauthorized(_) => ("unauthorized", None),
             Self::Forbidden(_) => ("forbidden", None),
             Self::NoSuchRequest | Self::NoSuchEndpoint => ("not_found", None),
+            Self::NotVerified => ("not_verified", None),
             Self::TooLarge { .. } => ("too_large", None),
             Self::IdempotencyKeyReused => ("idempotency_key_reused", Some("Idempotency-Key")),
             Self::RateLimited { .. } => ("rate_limited", None),
@@ -212,6 +225,9 @@ impl IntoResponse for IntakeError {
                 }
                 Stage::Status => {
                     tracing::error!(error = %cause, "database unavailable for a status query")
+                }
+                Stage::Receipt => {
+                    tracing::error!(error = %cause, "a receipt could not be made")
                 }
             }
         }

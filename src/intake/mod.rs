@@ -1,7 +1,8 @@
 //! The HTTP intake: authenticates, validates, records the request with its outbox message in
 //! one transaction, answers 202, and publishes. Also the status API and operations endpoints.
-//! One file a concern: the routes here, `erase`, `status`, `ops`; `extract` (authentication,
-//! `Idempotency-Key`), `error` (every error answer), `auth` (JWT), `ratelimit`.
+//! One file a concern: the routes here, `erase`, `status`, `receipt` (and the JWKS), `ops`;
+//! `extract` (authentication, `Idempotency-Key`), `error` (every error answer), `auth` (JWT),
+//! `ratelimit`.
 
 pub mod auth;
 mod erase;
@@ -9,6 +10,7 @@ pub mod error;
 mod extract;
 mod ops;
 pub mod ratelimit;
+pub mod receipt;
 mod status;
 
 use std::sync::{Arc, atomic::AtomicBool};
@@ -20,10 +22,14 @@ use axum::{
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
-use crate::{catalog::Catalog, config::Config, contract::Limits, queue::publisher::Publisher};
+use crate::{
+    catalog::Catalog, config::Config, contract::Limits, queue::publisher::Publisher, receipt::Keys,
+};
 
 pub const ERASE_PATH: &str = "/api/public/bot/eraseUsersData";
 pub const STATUS_PATH: &str = "/api/public/bot/eraseUsersData/status/{request_id}";
+pub const RECEIPT_PATH: &str = "/api/public/bot/eraseUsersData/{request_id}/receipt";
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 
 #[derive(Clone)]
 pub struct IntakeState {
@@ -37,6 +43,9 @@ pub struct IntakeState {
     /// Consumers this process runs; readiness requires each to be attached.
     pub consumers: Vec<(&'static str, Arc<AtomicBool>)>,
     pub rate: Arc<ratelimit::RateLimiter>,
+    /// The key that signs receipts and the keys published to verify them (`None` where the
+    /// API is not served).
+    pub receipts: Option<Arc<Keys>>,
 }
 
 /// The HTTP routes; `api` false serves only the operations endpoints (worker role).
@@ -50,7 +59,9 @@ pub fn router(state: IntakeState, api: bool) -> Router {
                     .post(erase::erase)
                     .route_layer(middleware::from_fn(erase::timed)),
             )
-            .route(STATUS_PATH, get(status::status));
+            .route(STATUS_PATH, get(status::status))
+            .route(RECEIPT_PATH, get(receipt::receipt))
+            .route(JWKS_PATH, get(receipt::jwks));
     }
     r.route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

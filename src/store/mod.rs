@@ -10,6 +10,7 @@ pub mod outbox;
 pub mod pace;
 pub mod planning;
 pub mod platform;
+pub mod proofs;
 pub mod requests;
 pub mod retention;
 pub mod tasks;

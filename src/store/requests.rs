@@ -427,6 +427,7 @@ pub async fn status_document(
         })
         .collect();
     let progress = progress(pool, catalog, &r).await?;
+    let verification = super::proofs::verification(pool, catalog, id).await?;
     Ok(Some(StatusDocument {
         id: r.request_id.clone(),
         request_id: r.request_id,
@@ -438,6 +439,7 @@ pub async fn status_document(
         response,
         progress,
         failure_reason: r.failure_reason,
+        verification,
     }))
 }
 

@@ -20,8 +20,10 @@ pub struct Redacted {
 
 /// Redacts up to [`BATCH`] settled requests past `retention` (`hmac` maps an identifier to
 /// its replacement), and every dead-letter payload past it. Requests that are `failed` keep
-/// their identifiers: a redrive must still know whom to erase. Replicas skip each other's
-/// requests.
+/// their identifiers: a redrive must still know whom to erase. So do requests not yet proved
+/// (`proved_at`, [`super::proofs`]): verifying needs the users' ids and a receipt's subjects
+/// are hashed from the entries as given; the verification is due by the end of the window.
+/// Replicas skip each other's requests.
 pub async fn redact_due(
     pool: &PgPool,
     retention: Duration,
@@ -30,7 +32,7 @@ pub async fn redact_due(
     let mut tx = pool.begin().await?;
     let due: Vec<RequestId> = sqlx::query_scalar(
         "SELECT request_id FROM erasure.requests
-          WHERE status = ANY($3) AND pii_redacted_at IS NULL
+          WHERE status = ANY($3) AND pii_redacted_at IS NULL AND proved_at IS NOT NULL
             AND completed_at < now() - make_interval(secs => $1::double precision)
           ORDER BY completed_at LIMIT $2 FOR UPDATE SKIP LOCKED",
     )

@@ -23,5 +23,7 @@ mod process;
 mod producer;
 mod proxy;
 mod readme;
+mod receipt;
 mod rules;
 mod security;
+mod verify;

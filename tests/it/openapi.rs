@@ -241,6 +241,13 @@ async fn check(
         let errors = validate(doc, schema, &body, "$");
         assert!(errors.is_empty(), "{what} {code}: {errors:#?}\n{body}");
         body
+    } else if content.get("application/jose").is_some() {
+        assert!(
+            content_type.starts_with("application/jose"),
+            "{what}: {content_type}"
+        );
+        assert_eq!(text.split('.').count(), 3, "{what}: a compact JWS");
+        Value::String(text)
     } else {
         assert!(
             content.get("text/plain").is_some(),
@@ -313,6 +320,61 @@ fn the_document_is_openapi_3_and_every_reference_resolves() {
         )
         .is_empty()
     );
+}
+
+/// The receipt and its keys, in the platform of the test below: a completed request's receipt
+/// waits for the verification (`ERASURE_VERIFY_AFTER`, 5 minutes here), while one whose every
+/// user is rejected (here the owner of a bot) has its receipt at once.
+async fn check_receipts(
+    doc: &Value,
+    base: &str,
+    covered: &mut BTreeSet<(String, String)>,
+    env: &TestEnv,
+    completed: &str,
+) {
+    let bot = "st-acct-api-2";
+    env.user("u-api-owner", None, None).await;
+    sqlx::query(
+        "INSERT INTO platform.bot_collaborators (bot_id, user_id, role) VALUES ($1, 'u-api-owner', 'owner')",
+    )
+    .bind(bot)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let (_, _, token) = env.app("acct-api", &["delete_users_data"]).await;
+    let (_, _, no_scope) = env.app("acct-api", &["read_only"]).await;
+    let (token, no_scope) = (token.as_str(), no_scope.as_str());
+    let erase = "/api/public/bot/eraseUsersData";
+    let rejected = check(
+        doc,
+        base,
+        covered,
+        call("POST", erase, 202)
+            .auth(token)
+            .json(json!({"userIds": ["u-api-owner"], "botIds": [bot]})),
+    )
+    .await;
+    let rejected = rejected["requestId"].as_str().unwrap().to_string();
+    assert_eq!(
+        env.wait_settled(&rejected, Duration::from_secs(30)).await,
+        "rejected"
+    );
+    let receipts = [
+        call("GET", &format!("{erase}/{rejected}/receipt"), 200).auth(token),
+        call("GET", &format!("{erase}/{completed}/receipt"), 409).auth(token),
+        call(
+            "GET",
+            &format!("{erase}/eud-{}/receipt", uuid::Uuid::new_v4()),
+            404,
+        )
+        .auth(token),
+        call("GET", &format!("{erase}/{completed}/receipt"), 401),
+        call("GET", &format!("{erase}/{completed}/receipt"), 403).auth(no_scope),
+        call("GET", "/.well-known/jwks.json", 200),
+    ];
+    for c in receipts {
+        check(doc, base, covered, c).await;
+    }
 }
 
 #[tokio::test]
@@ -407,6 +469,7 @@ async fn every_documented_operation_answers_as_documented() {
         env.wait_settled(&id, Duration::from_secs(30)).await,
         "completed"
     );
+    check_receipts(&doc, &base, &mut covered, &env, &id).await;
     let settled = check(
         &doc,
         &base,

@@ -1,11 +1,11 @@
 //! The README is the user's door: its walk-through runs as pasted, and its settings table is
 //! the code's.
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use erasure::{
     config::{GROUPS, SETTINGS},
-    startup::Role,
+    startup::{Role, Running},
 };
 
 use crate::helpers::TestEnv;
@@ -23,12 +23,14 @@ fn block_after(marker: &str) -> &'static str {
     &rest[open..open + len]
 }
 
-#[tokio::test]
-async fn the_readme_walkthrough_runs_as_pasted() {
-    let env = TestEnv::new().await;
-    let svc = env.start(Role::All).await;
-    let script = block_after("<!-- walkthrough -->");
-    // Only the two addresses differ: this test's binary and its service's port.
+/// Runs the shell blocks after `markers`, one script, as pasted but for the two addresses:
+/// this test's binary and its service's port; in `dir`. Returns what it printed.
+async fn run_pasted(env: &TestEnv, svc: &Running, markers: &[&str], dir: &Path) -> String {
+    let script = markers
+        .iter()
+        .map(|m| block_after(m))
+        .collect::<Vec<_>>()
+        .join("\n");
     assert!(
         script.contains("E=target/release/erasure\n")
             && script.contains("URL=http://127.0.0.1:8080\n")
@@ -44,6 +46,7 @@ async fn the_readme_walkthrough_runs_as_pasted() {
         );
     let run = tokio::process::Command::new("bash")
         .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(dir)
         .envs(&env.vars)
         .env("ERASURE_LOG", "warn")
         .output();
@@ -51,12 +54,21 @@ async fn the_readme_walkthrough_runs_as_pasted() {
         .await
         .expect("the walk-through finishes")
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "walk-through failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[tokio::test]
+async fn the_readme_walkthrough_runs_as_pasted() {
+    let env = TestEnv::new().await;
+    let svc = env.start(Role::All).await;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let stdout = run_pasted(&env, &svc, &["<!-- walkthrough -->"], repo).await;
     assert!(
         stdout.contains(r#""status":"in-progress""#),
         "the 202 answer is shown: {stdout}"
@@ -84,6 +96,42 @@ async fn the_readme_walkthrough_runs_as_pasted() {
             "{user} in {bot} is erased"
         );
     }
+    svc.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_readme_proof_of_erasure_runs_as_pasted() {
+    let env = TestEnv::with_vars(&[
+        ("ERASURE_VERIFY_AFTER", "0"),
+        ("ERASURE_VERIFY_SWEEP_SECONDS", "1"),
+    ])
+    .await;
+    let svc = env.start(Role::All).await;
+    // The block writes jwks.json and receipt.jws where it runs: not in the repository.
+    let dir = std::env::temp_dir().join(format!("erasure-readme-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let stdout = run_pasted(
+        &env,
+        &svc,
+        &["<!-- walkthrough -->", "<!-- proof -->"],
+        &dir,
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        stdout.matches("signature verified: EdDSA, key ").count(),
+        4,
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout
+            .matches("subject: in the receipt, outcome SUCCESS")
+            .count(),
+        2,
+        "{stdout}"
+    );
+    assert!(stdout.contains("not a subject"), "{stdout}");
+    assert!(stdout.contains(r#""catalog": ""#), "{stdout}");
     svc.shutdown().await;
 }
 
