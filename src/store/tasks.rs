@@ -1,6 +1,7 @@
 //! Per-(request, bot) tasks, the unit of work that replicas share, and the rows each deleted
 //! per store: the task arrows of the diagram (`crate::domain`), one function each.
 
+use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::{
@@ -52,33 +53,29 @@ pub struct TaskState {
 pub type Work<'a> = (&'a RequestId, &'a [BotId]);
 
 /// Reads, for each of `works` (messages worked together), the request's users and the tasks
-/// of its bots, and stamps their start: `None` for a message whose request or any of whose
-/// tasks is unknown. One transaction for all; a relaxed commit (see
-/// [`super::begin_relaxed`]): the stamp is informational, and a lost one is set again by the
-/// next delivery.
+/// of its bots: `None` for a message whose request or any of whose tasks is unknown. Two reads
+/// for all; when the work started is stamped by the arrow that ends its slice
+/// ([`complete`], [`advance`]), so loading writes nothing.
 pub async fn load(
     pool: &PgPool,
     works: &[Work<'_>],
 ) -> Result<Vec<Option<TaskGroup>>, sqlx::Error> {
     let (requests, bots) = pairs(works);
-    let mut tx = super::begin_relaxed(pool).await?;
     let users: Vec<(RequestId, Vec<PlatformUserId>)> = sqlx::query_as(
         "SELECT request_id, erase_user_ids FROM erasure.requests WHERE request_id = ANY($1)",
     )
     .bind(&requests)
-    .fetch_all(&mut *tx)
+    .fetch_all(pool)
     .await?;
     let tasks: Vec<(RequestId, BotId, TaskStatus, i32)> = sqlx::query_as(
-        "UPDATE erasure.tasks t SET started_at = COALESCE(t.started_at, now())
-           FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[]) AS w(request_id, bot_id)) w
-          WHERE t.request_id = w.request_id AND t.bot_id = w.bot_id
-          RETURNING t.request_id, t.bot_id, t.status, t.slice",
+        "SELECT t.request_id, t.bot_id, t.status, t.slice FROM erasure.tasks t
+           JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[]) AS w(request_id, bot_id)) w
+             ON t.request_id = w.request_id AND t.bot_id = w.bot_id",
     )
     .bind(&requests)
     .bind(&bots)
-    .fetch_all(&mut *tx)
+    .fetch_all(pool)
     .await?;
-    tx.commit().await?;
     Ok(works
         .iter()
         .map(|(id, bots)| {
@@ -120,39 +117,31 @@ pub struct Counted<'a> {
     pub rows: &'a [i64],
 }
 
-/// Adds a batch's counts to the request's tasks, in the transaction that erased the rows, so
-/// that they are exact.
+/// Records a batch's counts (of one request or several, each store once), in the transaction
+/// that erased the rows, so that they are exact: one row per request and store.
 pub async fn count_rows(
     tx: &mut Transaction<'_, Postgres>,
     counted: &[Counted<'_>],
 ) -> Result<(), sqlx::Error> {
-    let mut requests = Vec::new();
-    let mut stores = Vec::new();
-    let mut actions = Vec::new();
-    let mut bots = Vec::new();
-    let mut rows = Vec::new();
-    for c in counted {
-        for (bot, n) in c.bots.iter().zip(c.rows) {
-            requests.push(c.request);
-            stores.push(c.store);
-            actions.push(c.action);
-            bots.push(bot.as_str());
-            rows.push(*n);
-        }
-    }
-    if stores.is_empty() {
+    let rows: Vec<serde_json::Value> = counted
+        .iter()
+        .filter(|c| !c.bots.is_empty())
+        .map(|c| {
+            serde_json::json!({"request_id": c.request, "store": c.store, "action": c.action,
+                               "bots": c.bots, "rows": c.rows})
+        })
+        .collect();
+    if rows.is_empty() {
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO erasure.task_rows AS t (request_id, store, action, bot_id, rows)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
-         ON CONFLICT (request_id, bot_id, store) DO UPDATE SET rows = t.rows + excluded.rows",
+        "INSERT INTO erasure.batch_rows (request_id, store, action, bot_ids, rows)
+         SELECT c.request_id, c.store, c.action,
+                ARRAY(SELECT jsonb_array_elements_text(c.bots)),
+                ARRAY(SELECT jsonb_array_elements_text(c.rows)::bigint)
+           FROM jsonb_to_recordset($1) AS c(request_id text, store text, action text, bots jsonb, rows jsonb)",
     )
-    .bind(&requests)
-    .bind(&stores)
-    .bind(&actions)
-    .bind(&bots)
-    .bind(&rows)
+    .bind(serde_json::Value::Array(rows))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -194,11 +183,10 @@ pub async fn count_forwarded(
               new AS (INSERT INTO erasure.forwarded_batches (batch_id, database)
                       SELECT DISTINCT batch_id, $1 FROM e
                       ON CONFLICT DO NOTHING RETURNING batch_id)
-         INSERT INTO erasure.task_rows AS t (request_id, bot_id, store, action, rows)
-         SELECT e.request_id, e.bot_id, e.store, e.action, sum(e.rows)
+         INSERT INTO erasure.batch_rows (request_id, store, action, bot_ids, rows)
+         SELECT e.request_id, e.store, e.action, array_agg(e.bot_id), array_agg(e.rows)
            FROM e JOIN new USING (batch_id)
-          GROUP BY e.request_id, e.bot_id, e.store, e.action
-         ON CONFLICT (request_id, bot_id, store) DO UPDATE SET rows = t.rows + excluded.rows",
+          GROUP BY e.batch_id, e.request_id, e.store, e.action",
     )
     .bind(database)
     .bind(&batches)
@@ -226,7 +214,13 @@ pub struct Completed {
 /// request settles with its last task. One transaction for all, taking its locks in one order
 /// (tasks, then requests, by id), so that groups that overlap wait rather than deadlock.
 /// Returns what it did per work, in order.
-pub async fn complete(pool: &PgPool, works: &[Work<'_>]) -> Result<Vec<Completed>, sqlx::Error> {
+/// `started`: when the slice that completes them began (the tasks' start, unless an earlier
+/// slice stamped one).
+pub async fn complete(
+    pool: &PgPool,
+    works: &[Work<'_>],
+    started: DateTime<Utc>,
+) -> Result<Vec<Completed>, sqlx::Error> {
     let (requests, bots) = pairs(works);
     let mut tx = pool.begin().await?;
     let done: Vec<(RequestId, BotId)> = sqlx::query_as(
@@ -236,13 +230,15 @@ pub async fn complete(pool: &PgPool, works: &[Work<'_>]) -> Result<Vec<Completed
                      WHERE t.status <> $3
                      ORDER BY t.request_id, t.bot_id FOR UPDATE OF t)
          UPDATE erasure.tasks t
-            SET status = $3, failure_reason = NULL, completed_at = now(), updated_at = now()
+            SET status = $3, failure_reason = NULL, started_at = COALESCE(t.started_at, $4),
+                completed_at = now(), updated_at = now()
            FROM w WHERE t.request_id = w.request_id AND t.bot_id = w.bot_id
          RETURNING t.request_id, t.bot_id",
     )
     .bind(&requests)
     .bind(&bots)
     .bind(TaskStatus::Done)
+    .bind(started)
     .fetch_all(&mut *tx)
     .await?;
     let mut counts: Vec<(&RequestId, i32)> = Vec::new();
@@ -301,7 +297,7 @@ pub async fn complete(pool: &PgPool, works: &[Work<'_>]) -> Result<Vec<Completed
 }
 
 /// The advance arrow: moves to their next slice the tasks of `bots` whose current slice is
-/// still `slice`, and commits the messages that continue them, built by `continuations` from
+/// still `slice` (stamping `started` as their start unless an earlier slice did), and commits the messages that continue them, built by `continuations` from
 /// the bots that advanced (id, payload). A stale or duplicated delivery advances none and
 /// queues nothing. Returns the queued messages, to publish.
 pub async fn advance(
@@ -309,11 +305,13 @@ pub async fn advance(
     id: &RequestId,
     bots: &[BotId],
     slice: i32,
+    started: DateTime<Utc>,
     continuations: impl Fn(&[BotId]) -> Vec<(String, Vec<u8>)>,
 ) -> Result<Vec<OutboxMessage>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let advanced: Vec<BotId> = sqlx::query_scalar(
-        "UPDATE erasure.tasks SET slice = slice + 1, updated_at = now()
+        "UPDATE erasure.tasks
+            SET slice = slice + 1, started_at = COALESCE(started_at, $5), updated_at = now()
           WHERE request_id = $1 AND bot_id = ANY($2) AND slice = $3 AND status <> $4
           RETURNING bot_id",
     )
@@ -321,6 +319,7 @@ pub async fn advance(
     .bind(bots)
     .bind(slice)
     .bind(TaskStatus::Done)
+    .bind(started)
     .fetch_all(&mut *tx)
     .await?;
     let next = continuations(&advanced);

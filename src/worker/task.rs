@@ -99,6 +99,8 @@ pub async fn run(ctx: &Ctx, msg: &TaskMessage, stop: &CancellationToken) -> Resu
 /// One message's share of a group: its tasks still to work, whose rows, and how it ends.
 struct Work<'a> {
     msg: &'a TaskMessage,
+    /// When this delivery began: the tasks' start, unless an earlier slice stamped one.
+    started: chrono::DateTime<chrono::Utc>,
     bots: Vec<BotId>,
     users: Vec<PlatformUserId>,
     /// Rows erased by this slice, and whether every store drained.
@@ -140,6 +142,7 @@ pub async fn run_group(
         .iter()
         .map(|msg| Work {
             msg,
+            started: chrono::Utc::now(),
             bots: msg.bots(),
             users: Vec::new(),
             erased: 0,
@@ -419,7 +422,7 @@ async fn complete(ctx: &Ctx, works: &mut [Work<'_>]) -> Result<(), JobError> {
         .map(|&i| (&works[i].msg.request_id, works[i].bots.as_slice()))
         .collect();
     let completed = retry::transient(ctx.retry_budget(), retry::Operation::CompleteTask, || {
-        tasks::complete(&ctx.pool, &keys)
+        tasks::complete(&ctx.pool, &keys, works[drained[0]].started)
     })
     .await?;
     for (&i, done) in drained.iter().zip(completed) {
@@ -442,6 +445,7 @@ async fn advance(ctx: &Ctx, w: &Work<'_>) -> Result<Step, JobError> {
             &w.msg.request_id,
             &w.bots,
             w.msg.slice,
+            w.started,
             |advanced| {
                 continuations(&w.msg.request_id, advanced, next_slice)
                     .iter()
