@@ -189,7 +189,7 @@ settings! {
         /// prefix of every exchange and queue name (e.g. `p.`)
         prefix: QueuePrefix = "ERASURE_QUEUE_PREFIX", "", queue_prefix;
         /// unacknowledged deliveries per consumer (at least ERASURE_COALESCE for messages to be worked together)
-        prefetch: u16 = "ERASURE_PREFETCH", "64", int(1, u16::MAX);
+        prefetch: u16 = "ERASURE_PREFETCH", "128", int(1, u16::MAX);
         /// deliveries of one message before it is dead-lettered
         max_deliveries: u32 = "ERASURE_MAX_DELIVERIES", "5", int(1, 1000);
         /// how often the outbox relay looks for unpublished messages
@@ -207,7 +207,7 @@ settings! {
         /// tasks executed at once per worker process
         concurrency: usize = "ERASURE_WORKER_CONCURRENCY", "4", int(1, 1024);
         /// most messages of a queue a worker takes at once when they are ready together, and works together: requests planned in one transaction, tasks erased in shared statements (1: one at a time)
-        coalesce: usize = "ERASURE_COALESCE", "32", int(1, 1024);
+        coalesce: usize = "ERASURE_COALESCE", "64", int(1, 1024);
         /// ceiling on rows deleted per second per worker process (0: none)
         max_rows_per_second: u64 = "ERASURE_MAX_ROWS_PER_SECOND", "0", int(0, u64::MAX);
         /// ceiling on rows deleted per second by all workers together (0: none)
@@ -389,7 +389,7 @@ mod tests {
         assert_eq!(c.http.addr.to_string(), "127.0.0.1:8080");
         assert_eq!(c.http.max_user_ids, 1000);
         assert_eq!(c.retention.pii_retention, Duration::from_secs(30 * 86_400));
-        assert_eq!(c.queue.prefetch, 64);
+        assert_eq!(c.queue.prefetch, 128);
         assert!(!c.keys.secret_key.configured);
         assert!(c.unknown.is_empty());
     }

@@ -64,9 +64,11 @@ pub struct LeafSql {
     /// The rows per bot, counted up to one more than $3 through the (user, bot) index (an
     /// index-only scan where the visibility map allows).
     pub count: Statement,
-    /// The same, per user and bot: to tell whose rows are whose when the users of several
-    /// requests are erased together.
-    pub count_by_user: Statement,
+    /// Several requests' rows in one statement, when they all fit in one batch: picks up to
+    /// one more than $3 row addresses, deletes them only if they are no more than $3, and
+    /// returns whether they were, and the rows per request and bot, each row the request's
+    /// that `$4` (users) and `$5` (their requests) give its user to.
+    pub together: Statement,
     /// Every row: plain SQL's one pass.
     pub delete_all: Statement,
 }
@@ -118,10 +120,17 @@ pub fn root(catalog: &Catalog, root: usize) -> RootSql {
                 "SELECT bot, count(*) FROM (SELECT {b}::text AS bot FROM {t} WHERE {keys} LIMIT $3 + 1) x
                   GROUP BY bot"
             )),
-            count_by_user: vouch(format!(
-                "SELECT usr, bot, count(*) FROM
-                        (SELECT {u}::text AS usr, {b}::text AS bot FROM {t} WHERE {keys} LIMIT $3 + 1) x
-                  GROUP BY usr, bot"
+            together: vouch(format!(
+                "WITH c AS (SELECT ARRAY(SELECT ctid FROM {t} WHERE {keys} LIMIT $3 + 1) AS ids),
+                      fits AS (SELECT COALESCE(cardinality(ids), 0) <= $3 AS ok FROM c),
+                      d AS (DELETE FROM {t} WHERE ctid = ANY((SELECT ids FROM c)::tid[]) AND {keys}
+                                AND (SELECT ok FROM fits)
+                            RETURNING {u}::text AS usr, {b}::text AS bot),
+                      per AS (SELECT o.request_id, d.bot, count(*) AS n
+                                FROM d JOIN unnest($4::text[], $5::text[]) AS o(usr, request_id) USING (usr)
+                               GROUP BY o.request_id, d.bot)
+                 SELECT (SELECT ok FROM fits), ARRAY(SELECT request_id FROM per),
+                        ARRAY(SELECT bot FROM per), ARRAY(SELECT n FROM per)"
             )),
             delete_all: vouch(format!("DELETE FROM {t} WHERE {keys}")),
         });

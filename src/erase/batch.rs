@@ -1,7 +1,7 @@
 //! One batch of a root store, by its kind: a leaf deleted alone, a tree deleted children
 //! first, or an anonymized store; each in one transaction with its counts.
 
-use std::{collections::HashMap, time::Instant};
+use std::time::Instant;
 
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
@@ -27,15 +27,13 @@ pub(super) async fn run(
         target,
     };
     let batch = match &root.sql {
-        RootSql::Leaf(sql) if first => {
-            match on.leaf_at_once(root.store, sql, &[target], limit).await? {
-                Some(mut each) => Batch {
-                    stores: vec![each.remove(0)],
-                    drained: true,
-                },
-                None => on.leaf(root.store, sql, limit).await?,
-            }
-        }
+        RootSql::Leaf(sql) if first => match on.leaf_at_once(root.store, sql, limit).await? {
+            Some(each) => Batch {
+                stores: vec![each],
+                drained: true,
+            },
+            None => on.leaf(root.store, sql, limit).await?,
+        },
         RootSql::Leaf(sql) => on.leaf(root.store, sql, limit).await?,
         RootSql::Tree(sql) => on.tree(root.store, sql, limit).await?,
         RootSql::Anonymize(sql) => on.anonymize(root.store, sql, limit).await?,
@@ -146,54 +144,24 @@ impl On<'_> {
         Ok(Batch { stores, drained })
     }
 
-    /// Plain SQL's way for `targets`, which share their bots: when all their rows fit in one
-    /// batch, one count and one plain `DELETE` for all of them, in one snapshot. Returns each
-    /// target's rows, in order, or `None` when there are more than `limit`. Several requests'
-    /// users are erased in the same statements this way, each row counted for the first
-    /// target that names its user.
+    /// Plain SQL's way, when all the target's rows fit in one batch: one count and one plain
+    /// `DELETE`, in one snapshot. The rows, or `None` when there are more than `limit`.
     async fn leaf_at_once(
         &self,
         store: usize,
         sql: &LeafSql,
-        targets: &[&Target<'_>],
         limit: i64,
-    ) -> Result<Option<Vec<StoreRows>>, sqlx::Error> {
-        let mut users: Vec<&PlatformUserId> = targets.iter().flat_map(|t| t.users).collect();
-        users.sort();
-        users.dedup();
-        let bots = targets[0].bots;
+    ) -> Result<Option<StoreRows>, sqlx::Error> {
+        let target = self.target;
         let mut tx = self.begin(true).await?;
-        let counts: Vec<(usize, BotId, i64)> = if let [only] = targets {
-            let _ = only;
-            let per_bot: Vec<(BotId, i64)> = sqlx::query_as(sql.count.clone())
-                .persistent(false)
-                .bind(&users)
-                .bind(bots)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?;
-            per_bot.into_iter().map(|(b, n)| (0, b, n)).collect()
-        } else {
-            let per_user: Vec<(PlatformUserId, BotId, i64)> =
-                sqlx::query_as(sql.count_by_user.clone())
-                    .persistent(false)
-                    .bind(&users)
-                    .bind(bots)
-                    .bind(limit)
-                    .fetch_all(&mut *tx)
-                    .await?;
-            let owner: HashMap<&PlatformUserId, usize> = targets
-                .iter()
-                .enumerate()
-                .rev()
-                .flat_map(|(i, t)| t.users.iter().map(move |u| (u, i)))
-                .collect();
-            per_user
-                .into_iter()
-                .filter_map(|(u, b, n)| Some((*owner.get(&u)?, b, n)))
-                .collect()
-        };
-        let total: i64 = counts.iter().map(|(_, _, n)| n).sum();
+        let counts: Vec<(BotId, i64)> = sqlx::query_as(sql.count.clone())
+            .persistent(false)
+            .bind(target.users)
+            .bind(target.bots)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        let total: i64 = counts.iter().map(|(_, n)| n).sum();
         if total > limit {
             tx.rollback().await?;
             return Ok(None);
@@ -203,8 +171,8 @@ impl On<'_> {
         } else {
             sqlx::query(sql.delete_all.clone())
                 .persistent(false)
-                .bind(&users)
-                .bind(bots)
+                .bind(target.users)
+                .bind(target.bots)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected()
@@ -219,6 +187,48 @@ impl On<'_> {
             tx.rollback().await?;
             return Ok(None);
         }
+        let (bots, rows) = counts.into_iter().unzip();
+        let each = StoreRows { store, bots, rows };
+        self.count_and_commit(tx, std::slice::from_ref(&each))
+            .await?;
+        Ok(Some(each))
+    }
+
+    /// Several requests' targets, sharing their bots, in one statement when all their rows
+    /// fit in one batch (`None` when they do not: nothing is deleted then). Each row is counted
+    /// for the first target that names its user. Returns each target's rows, in order.
+    async fn leaf_together(
+        &self,
+        store: usize,
+        sql: &LeafSql,
+        targets: &[&Target<'_>],
+        limit: i64,
+    ) -> Result<Option<Vec<StoreRows>>, sqlx::Error> {
+        let mut owners: Vec<(&PlatformUserId, &RequestId)> = Vec::new();
+        for t in targets {
+            for user in t.users {
+                if !owners.iter().any(|(u, _)| *u == user) {
+                    owners.push((user, t.request));
+                }
+            }
+        }
+        let (users, requests): (Vec<&PlatformUserId>, Vec<&RequestId>) = owners.into_iter().unzip();
+        let mut tx = self.begin(false).await?;
+        // Planned with its values, like the batch statement: the user list becomes a constant.
+        let (fits, per_request, bots, rows): (bool, Vec<RequestId>, Vec<BotId>, Vec<i64>) =
+            sqlx::query_as(sql.together.clone())
+                .persistent(false)
+                .bind(&users)
+                .bind(targets[0].bots)
+                .bind(limit)
+                .bind(&users)
+                .bind(&requests)
+                .fetch_one(&mut *tx)
+                .await?;
+        if !fits {
+            tx.rollback().await?;
+            return Ok(None);
+        }
         let mut each: Vec<StoreRows> = targets
             .iter()
             .map(|_| StoreRows {
@@ -226,18 +236,15 @@ impl On<'_> {
                 ..StoreRows::default()
             })
             .collect();
-        for (i, bot, n) in counts {
-            match each[i].bots.iter().position(|b| *b == bot) {
-                Some(at) => each[i].rows[at] += n,
-                None => {
-                    each[i].bots.push(bot);
-                    each[i].rows.push(n);
-                }
+        for ((request, bot), n) in per_request.iter().zip(bots).zip(rows) {
+            if let Some(i) = targets.iter().position(|t| t.request == request) {
+                each[i].bots.push(bot);
+                each[i].rows.push(n);
             }
         }
-        let rows: Vec<(&RequestId, &StoreRows)> =
+        let counted: Vec<(&RequestId, &StoreRows)> =
             targets.iter().map(|t| t.request).zip(&each).collect();
-        self.count_for_requests_and_commit(tx, &rows).await?;
+        self.count_for_requests_and_commit(tx, &counted).await?;
         Ok(Some(each))
     }
 
@@ -345,7 +352,7 @@ pub(super) async fn together(
         database,
         target: group[0],
     };
-    let rows = on.leaf_at_once(root.store, sql, group, limit).await?;
+    let rows = on.leaf_together(root.store, sql, group, limit).await?;
     record_longest(started.elapsed());
     Ok(rows)
 }

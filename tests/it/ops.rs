@@ -452,7 +452,7 @@ async fn config_prints_every_setting_with_secrets_masked() {
         assert!(printed.contains_key(s.var), "{} is printed", s.var);
     }
     assert_eq!(printed["ERASURE_BATCH_SIZE"], "1234");
-    assert_eq!(printed["ERASURE_PREFETCH"], "64", "defaults are shown");
+    assert_eq!(printed["ERASURE_PREFETCH"], "128", "defaults are shown");
     assert_eq!(
         printed["DATABASE_URL"],
         "postgres://***@db.example:5432/erasure"
