@@ -88,17 +88,26 @@ pub struct Family {
     pub series: fn(&Catalog) -> Vec<Labels>,
 }
 
-const fn counter(
+const fn family(
+    kind: Kind,
     name: &'static str,
     help: &'static str,
     series: fn(&Catalog) -> Vec<Labels>,
 ) -> Family {
     Family {
         name,
-        kind: Kind::Counter,
+        kind,
         help,
         series,
     }
+}
+
+const fn counter(
+    name: &'static str,
+    help: &'static str,
+    series: fn(&Catalog) -> Vec<Labels>,
+) -> Family {
+    family(Kind::Counter, name, help, series)
 }
 
 const fn histogram(
@@ -106,23 +115,13 @@ const fn histogram(
     help: &'static str,
     series: fn(&Catalog) -> Vec<Labels>,
 ) -> Family {
-    Family {
-        name,
-        kind: Kind::Histogram,
-        help,
-        series,
-    }
+    family(Kind::Histogram, name, help, series)
 }
 
 /// A gauge appears when first set, never before: its zero would be a claim, not the absence
 /// of events (`erasure_consumer_up` 0 reads "detached" on an intake that runs no consumer).
 const fn gauge(name: &'static str, help: &'static str) -> Family {
-    Family {
-        name,
-        kind: Kind::Gauge,
-        help,
-        series: |_| Vec::new(),
-    }
+    family(Kind::Gauge, name, help, |_| Vec::new())
 }
 
 fn unlabelled(_: &Catalog) -> Vec<Labels> {

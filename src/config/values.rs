@@ -13,6 +13,18 @@ pub trait Value {
     fn show(&self) -> String;
 }
 
+/// `Debug` shows what `erasure config` shows: never a secret, never a URL's credentials.
+macro_rules! debug_as_shown {
+    ($($t:ty),*) => {
+        $(impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.show())
+            }
+        })*
+    };
+}
+debug_as_shown!(Secret, CredentialUrl, AmqpUrls);
+
 macro_rules! shown_as_text {
     ($($t:ty),*) => { $(impl Value for $t { fn show(&self) -> String { self.to_string() } })* };
 }
@@ -50,12 +62,6 @@ pub struct Secret {
     pub configured: bool,
 }
 
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.show())
-    }
-}
-
 impl Value for Secret {
     const SECRET: bool = true;
     fn show(&self) -> String {
@@ -75,12 +81,6 @@ impl std::ops::Deref for CredentialUrl {
     type Target = str;
     fn deref(&self) -> &str {
         &self.0
-    }
-}
-
-impl std::fmt::Debug for CredentialUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.show())
     }
 }
 
@@ -110,12 +110,6 @@ impl AmqpUrls {
     /// The first URL.
     pub fn primary(&self) -> &str {
         &self.0[0]
-    }
-}
-
-impl std::fmt::Debug for AmqpUrls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.show())
     }
 }
 

@@ -218,17 +218,7 @@ impl Targets {
         limit: i64,
         first: bool,
     ) -> Result<Batch, DbError> {
-        let r = self
-            .roots
-            .iter()
-            .find(|r| r.store == root)
-            .expect("a root of this catalog");
-        let database = self.catalog.stores[root].database.as_deref();
-        if let Some(db) = database {
-            self.ensure_ledger(db)
-                .await
-                .map_err(DbError::in_database(database))?;
-        }
+        let (r, database) = self.root(root).await?;
         batch::run(self, r, database, target, limit, first)
             .await
             .map_err(DbError::in_database(database))
@@ -243,6 +233,14 @@ impl Targets {
         group: &[&Target<'_>],
         limit: i64,
     ) -> Result<Option<Vec<StoreRows>>, DbError> {
+        let (r, database) = self.root(root).await?;
+        batch::together(self, r, database, group, limit)
+            .await
+            .map_err(DbError::in_database(database))
+    }
+
+    /// Root store `root` with its database, that database's ledger ready.
+    async fn root(&self, root: usize) -> Result<(&Root, Option<&str>), DbError> {
         let r = self
             .roots
             .iter()
@@ -254,9 +252,7 @@ impl Targets {
                 .await
                 .map_err(DbError::in_database(database))?;
         }
-        batch::together(self, r, database, group, limit)
-            .await
-            .map_err(DbError::in_database(database))
+        Ok((r, database))
     }
 
     async fn ensure_ledger(&self, database: &str) -> Result<(), sqlx::Error> {

@@ -48,9 +48,9 @@ pub trait Job: Send + Sync + 'static {
         stop: &CancellationToken,
     ) -> impl Future<Output = Result<Step, JobError>> + Send;
 
-    /// Most messages worked together (1: one at a time).
-    fn batch(&self, _ctx: &Ctx) -> usize {
-        1
+    /// Most messages worked together (`ERASURE_COALESCE`; 1: one at a time).
+    fn batch(&self, ctx: &Ctx) -> usize {
+        ctx.config.worker.coalesce
     }
 
     /// Does the work of several messages that were ready together, one result each, in order;

@@ -32,10 +32,6 @@ impl Job for PlanJob {
     const NAME: &'static str = "plan";
     const ROUTING_KEY: &'static str = ERASE_ROUTING_KEY;
 
-    fn batch(&self, ctx: &Ctx) -> usize {
-        ctx.config.worker.coalesce
-    }
-
     fn parse(&self, ctx: &Ctx, data: &[u8]) -> Result<EraseMessage, Poison> {
         EraseMessage::parse(data, ctx.config.http.max_body_bytes, &ctx.limits).map_err(|e| Poison {
             request_id: e.request_id,

@@ -57,10 +57,6 @@ impl Job for TaskJob {
         tracing::info_span!("task", request_id = %m.request_id, bot_id = %m.bot_id, slice = m.slice)
     }
 
-    fn batch(&self, ctx: &Ctx) -> usize {
-        ctx.config.worker.coalesce
-    }
-
     async fn execute(
         &self,
         ctx: &Ctx,
