@@ -10,6 +10,13 @@
 #   scripts/cluster.sh start-node N     start node N (it rejoins the cluster) and wait for it
 #   scripts/cluster.sh restart-node N   stop node N gracefully, then start it
 #   scripts/cluster.sh urls             amqp://guest:guest@127.0.0.1:5681/%2f,... (AMQP_URL)
+#   scripts/cluster.sh leaders [PREFIX] one line per quorum queue (whose name starts with
+#                                       PREFIX): its name, a tab, the number of its leader's node
+#   scripts/cluster.sh rebalance        spread the quorum queues' leaders over the running nodes
+#   scripts/cluster.sh acquire PID      start, and note that process PID uses the cluster
+#   scripts/cluster.sh release PID      PID no longer uses it: stop the cluster if an acquire
+#                                       started it and no process that acquired it still runs
+#                                       (scripts/test; a cluster started by hand is left alone)
 #
 # Node N (1..3) is `erasure-cN@localhost`, AMQP on 127.0.0.1:$((5680 + N)), Erlang distribution
 # on 127.0.0.1:$((25680 + N)); everything it writes is under $ERASURE_CLUSTER_DIR/cN
@@ -17,7 +24,8 @@
 # cookie of their own ($ERASURE_CLUSTER_DIR/.erlang.cookie, HOME for every node and every
 # rabbitmqctl call), no plugins (nothing binds 15672), and their own config and env files, so
 # /etc/rabbitmq (which names the machine's node and its listener) never applies to them.
-# The guest user works because every connection comes from loopback.
+# The guest user works because every connection comes from loopback. Commands that start or
+# stop nodes take a lock ($ERASURE_CLUSTER_DIR.lock), so that two runs never race.
 set -euo pipefail
 
 DIR=$(realpath -m "${ERASURE_CLUSTER_DIR:-/tmp/erasure-rabbit-cluster}")
@@ -123,8 +131,10 @@ launch() {
   prepare "$n"
   rm -f "$(pid_file "$n")"
   log "starting $(node_name "$n") (AMQP $(amqp_port "$n"), distribution $(dist_port "$n"))"
+  # 9>&-: the node must not inherit the lock's descriptor (see locked), or it would hold the
+  # lock for as long as it runs.
   (node_env "$n" && cd "$(node_dir "$n")" &&
-    "$RABBIT_BIN/rabbitmq-server" -detached >"$(node_dir "$n")/log/start.out" 2>&1)
+    "$RABBIT_BIN/rabbitmq-server" -detached >"$(node_dir "$n")/log/start.out" 2>&1 9>&-)
 }
 
 # Waits until node N has booted: its AMQP listener opens at the end of the boot, so a completed
@@ -218,7 +228,7 @@ valid_node() {
 ensure_epmd() {
   epmd -names >/dev/null 2>&1 && return 0
   log "starting epmd (no Erlang name server was running)"
-  ERL_EPMD_ADDRESS=127.0.0.1 epmd -daemon
+  ERL_EPMD_ADDRESS=127.0.0.1 epmd -daemon 9>&-
   touch "$DIR/.started-epmd"
 }
 
@@ -298,35 +308,111 @@ cmd_status() {
   return "$all"
 }
 
+# Quorum queues and the node number of each one's leader, asked of the first running node.
+cmd_leaders() {
+  local prefix=${1:-} n
+  for n in "${NODES[@]}"; do
+    [ -n "$(node_pid "$n")" ] || continue
+    CTL_TIMEOUT=30 ctl "$n" rabbitmqctl list_queues name type leader --formatter json -q |
+      PREFIX="$prefix" python3 -c '
+import json, os, sys
+for q in json.load(sys.stdin):
+    if q.get("type") == "quorum" and q["name"].startswith(os.environ["PREFIX"]):
+        node = q.get("leader") or ""
+        # erasure-cN@localhost -> N
+        print(q["name"], node[len("erasure-c"):].split("@")[0] if node.startswith("erasure-c") else "?", sep="\t")'
+    return 0
+  done
+  die "no node is running"
+}
+
+cmd_rebalance() {
+  local n
+  for n in "${NODES[@]}"; do
+    [ -n "$(node_pid "$n")" ] || continue
+    CTL_TIMEOUT=60 ctl "$n" rabbitmq-queues rebalance quorum >/dev/null
+    log "leaders rebalanced"
+    return 0
+  done
+  die "no node is running"
+}
+
+# Holders: one file per process that acquired the cluster; .started-by-acquire when an
+# acquire found it down and started it (only then may a release stop it).
+cmd_acquire() {
+  local pid=$1 was_up=1 n
+  for n in "${NODES[@]}"; do [ -n "$(node_pid "$n")" ] || was_up=0; done
+  cmd_start
+  mkdir -p "$DIR/.holders"
+  : >"$DIR/.holders/$pid"
+  [ "$was_up" -eq 1 ] || : >"$DIR/.started-by-acquire"
+}
+
+cmd_release() {
+  local pid=$1 other f
+  rm -f "$DIR/.holders/$pid"
+  [ -f "$DIR/.started-by-acquire" ] || { log "left running: it was not started by an acquire"; return 0; }
+  for f in "$DIR"/.holders/*; do
+    [ -e "$f" ] || continue
+    other=$(basename "$f")
+    if kill -0 "$other" 2>/dev/null; then log "left running: process $other still uses it"; return 0; fi
+    rm -f "$f"
+  done
+  cmd_stop
+}
+
+# Runs a command under the cluster's lock: held by descriptor 9 of this shell, released when
+# it exits. Daemons started under it must close that descriptor.
+locked() {
+  mkdir -p "$(dirname "$DIR")"
+  exec 9>"$DIR.lock"
+  flock 9
+  "$@"
+}
+
 cmd_urls() {
   local n urls=()
   for n in "${NODES[@]}"; do urls+=("amqp://guest:guest@127.0.0.1:$(amqp_port "$n")/%2f"); done
   (IFS=,; echo "${urls[*]}")
 }
 
+cmd_kill_node() {
+  [ -n "$(node_pid "$1")" ] || die "$(node_name "$1") is not running"
+  log "SIGKILL $(node_name "$1") (pid $(node_pid "$1"))"
+  kill_vm "$1"
+}
+
+cmd_start_node() {
+  [ -f "$DIR/.erlang.cookie" ] || die "no cluster in $DIR: run scripts/cluster.sh start"
+  launch "$1"
+  await_node "$1"
+  log "$(node_name "$1") is up"
+}
+
+cmd_restart_node() {
+  [ -f "$DIR/.erlang.cookie" ] || die "no cluster in $DIR: run scripts/cluster.sh start"
+  stop_node "$1"
+  launch "$1"
+  await_node "$1"
+  log "$(node_name "$1") is up"
+}
+
+valid_pid() {
+  [[ "${1:-}" =~ ^[0-9]+$ ]] || die "a process id is needed, not '${1:-}'"
+}
+
 case "${1:-}" in
-  start) cmd_start ;;
-  stop) cmd_stop ;;
+  start) locked cmd_start ;;
+  stop) locked cmd_stop ;;
   status) cmd_status ;;
   urls) cmd_urls ;;
-  kill-node)
-    valid_node "${2:-}"
-    [ -n "$(node_pid "$2")" ] || die "$(node_name "$2") is not running"
-    log "SIGKILL $(node_name "$2") (pid $(node_pid "$2"))"
-    kill_vm "$2" ;;
-  start-node)
-    valid_node "${2:-}"
-    [ -f "$DIR/.erlang.cookie" ] || die "no cluster in $DIR: run scripts/cluster.sh start"
-    launch "$2"
-    await_node "$2"
-    log "$(node_name "$2") is up" ;;
-  restart-node)
-    valid_node "${2:-}"
-    [ -f "$DIR/.erlang.cookie" ] || die "no cluster in $DIR: run scripts/cluster.sh start"
-    stop_node "$2"
-    launch "$2"
-    await_node "$2"
-    log "$(node_name "$2") is up" ;;
+  leaders) cmd_leaders "${2:-}" ;;
+  rebalance) cmd_rebalance ;;
+  acquire) valid_pid "${2:-}"; locked cmd_acquire "$2" ;;
+  release) valid_pid "${2:-}"; locked cmd_release "$2" ;;
+  kill-node) valid_node "${2:-}"; locked cmd_kill_node "$2" ;;
+  start-node) valid_node "${2:-}"; locked cmd_start_node "$2" ;;
+  restart-node) valid_node "${2:-}"; locked cmd_restart_node "$2" ;;
   *)
     sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
     exit 2 ;;

@@ -184,14 +184,16 @@ settings! {
 
     /// RabbitMQ and the outbox.
     queue: QueueSettings {
-        /// RabbitMQ URL
+        /// RabbitMQ URL, or the URLs of a cluster's nodes separated by commas: every connection goes to the first that answers and, when it is lost, to the next one that answers, round the list
         amqp_url: AmqpUrls = "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f", amqp_urls;
         /// prefix of every exchange and queue name (e.g. `p.`)
         prefix: QueuePrefix = "ERASURE_QUEUE_PREFIX", "", queue_prefix;
         /// unacknowledged deliveries per consumer (at least ERASURE_COALESCE for messages to be worked together)
         prefetch: u16 = "ERASURE_PREFETCH", "128", int(1, u16::MAX);
-        /// deliveries of one message before it is dead-lettered
+        /// deliveries of one message that end with the worker gone (a crash loop) before it is dead-lettered; returns for other reasons (a lost connection, a node lost or back) do not count, but a first delivery that came back is presumed a crash (so 1 dead-letters any redelivery)
         max_deliveries: u32 = "ERASURE_MAX_DELIVERIES", "5", int(1, 1000);
+        /// replicas of each quorum queue, set when the queue is declared (`x-quorum-initial-group-size`; the broker caps it at the cluster's size)
+        quorum_size: u32 = "ERASURE_QUORUM_SIZE", "3", int(1, 100);
         /// how often the outbox relay looks for unpublished messages
         outbox_poll: Duration = "ERASURE_OUTBOX_POLL_MS", "500", millis(1, 3_600_000);
     }
@@ -465,6 +467,22 @@ mod tests {
         );
         assert!(with(&[("AMQP_URL", "amqp://h1/,http://h2/")]).is_err());
         assert!(with(&[("AMQP_URL", " , ")]).is_err());
+    }
+
+    #[test]
+    fn the_quorum_size_defaults_to_three_and_is_ranged() {
+        assert_eq!(with(&[]).unwrap().queue.quorum_size, 3);
+        assert_eq!(
+            with(&[("ERASURE_QUORUM_SIZE", "5")])
+                .unwrap()
+                .queue
+                .quorum_size,
+            5
+        );
+        let e = with(&[("ERASURE_QUORUM_SIZE", "0")]).unwrap_err();
+        assert_eq!(e.var, "ERASURE_QUORUM_SIZE");
+        assert!(e.problem.contains("at least 1"), "{e}");
+        assert!(with(&[("ERASURE_QUORUM_SIZE", "101")]).is_err());
     }
 
     #[test]

@@ -6,10 +6,16 @@ use std::{sync::Arc, time::Duration};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::{queue::publisher::Publisher, store::outbox};
+use crate::{
+    queue::publisher::{CONFIRM_TIMEOUT, Publisher},
+    store::outbox,
+};
 
-/// Messages younger than this are left to the code that wrote them.
-const MIN_AGE_MS: i64 = 1_000;
+/// Messages younger than this are left to the code that wrote them: it may wait that long for
+/// the broker's confirm (a node dying mid-publish, a loaded disk), and a relay that did not
+/// wait as long would publish the same message beside it. Age counts from the start of the
+/// transaction that wrote the message.
+const MIN_AGE_MS: i64 = CONFIRM_TIMEOUT.as_millis() as i64 + 2_000;
 const BATCH: i64 = 200;
 
 pub async fn run(

@@ -1,6 +1,7 @@
 //! Every retry of the service goes through here: exponential backoff with jitter (`backon`).
 //! [`transient`] retries an operation while its error is transient; [`reconnect_delays`]
-//! paces the consumer's reconnect loop; [`until_ready`] waits for the database at start.
+//! paces the consumer's reconnect loop and the publisher's; [`broker`] retries a command's
+//! broker work on another node; [`until_ready`] waits for the database at start.
 
 use std::{future::Future, time::Duration};
 
@@ -50,6 +51,7 @@ crate::telemetry::label_values! {
         RecordDeadLetter => "record_dead_letter",
         Verify => "verify",
         RecordProof => "record_proof",
+        RedeliveryRuns => "redelivery_runs",
     }
 }
 
@@ -79,6 +81,27 @@ pub fn reconnect_delays() -> impl Iterator<Item = Duration> {
         .with_jitter()
         .without_max_times()
         .build()
+}
+
+/// Runs `op` again (it connects to the next node that answers) while it fails because its
+/// broker connection was lost or no node answered: up to 8 attempts over about half a minute,
+/// enough for a cluster to elect new leaders or a node to come back. For the commands
+/// (`redrive`, `queue stats`); the service's own loops use [`reconnect_delays`].
+pub async fn broker<T, F, Fut>(what: &'static str, op: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    op.retry(
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5))
+            .with_max_times(8)
+            .with_jitter(),
+    )
+    .when(crate::queue::connection_lost)
+    .notify(|e, wait| tracing::warn!(operation = what, error = %e, retry_in_ms = wait.as_millis() as u64, "broker connection lost; retrying"))
+    .await
 }
 
 /// Runs `op` until it succeeds, up to 8 attempts over about half a minute (a process that

@@ -102,9 +102,9 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
         check_targets(&targets).await?;
     }
     telemetry::register(&targets.catalog);
-    let topology = Topology::new(&config.queue.prefix, config.queue.max_deliveries);
+    let topology = Topology::from_settings(&config.queue);
     let publisher = Arc::new(Publisher::new(
-        config.queue.amqp_url.primary(),
+        &config.queue.amqp_url,
         &format!("{}-publisher", role.name()),
         topology.clone(),
     ));
@@ -210,7 +210,7 @@ async fn spawn_workers(
         tokio::time::timeout(Duration::from_secs(5), crate::erase::warm_up(targets, warm)).await;
     let ctx = Arc::new(Ctx::new(config.clone(), targets.clone()));
     let spec = |name: &'static str, queue: String| ConsumerSpec {
-        url: config.queue.amqp_url.primary().to_string(),
+        brokers: (&config.queue.amqp_url).into(),
         queue,
         name,
         prefetch: config.queue.prefetch,

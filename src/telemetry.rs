@@ -212,6 +212,11 @@ pub const FAMILIES: &[Family] = &[
         kinds,
     ),
     counter(
+        "erasure_redeliveries_total",
+        "Deliveries the broker had delivered before (x-delivery-count above 0), by queue: a burst follows a lost connection or node",
+        |_| each("queue", Consumer::ALL.iter().map(|c| c.label())),
+    ),
+    counter(
         "erasure_job_steps_total",
         "Deliveries handled, by kind (plan, task) and step (planned, settled_at_planning, duplicate, drained, continued, stale)",
         |_| {

@@ -267,9 +267,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 config.database.statement_timeout,
             )
             .await?;
-            let topology = Topology::new(&config.queue.prefix, config.queue.max_deliveries);
-            let n =
-                redrive::redrive(&pool, config.queue.amqp_url.primary(), &topology, limit).await?;
+            let topology = Topology::from_settings(&config.queue);
+            let n = redrive::redrive(&pool, &config.queue.amqp_url, &topology, limit).await?;
             println!("redrove {n} message(s) from {}", topology.dead_queue());
             Ok(())
         }
@@ -282,10 +281,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue {
             command: QueueCommand::Stats,
         } => {
-            let topology = Topology::new(&config.queue.prefix, config.queue.max_deliveries);
+            let topology = Topology::from_settings(&config.queue);
             println!("{:<40} {:>10} {:>10}", "queue", "messages", "consumers");
             for (q, messages, consumers) in
-                redrive::stats(config.queue.amqp_url.primary(), &topology).await?
+                redrive::stats(&config.queue.amqp_url, &topology).await?
             {
                 println!("{q:<40} {messages:>10} {consumers:>10}");
             }

@@ -1,8 +1,11 @@
-//! The consumer loop: connect, declare, consume with bounded prefetch and concurrency, and
-//! start over with backoff when the connection is lost. Deliveries in flight when a connection
-//! dies are redelivered by the broker; handlers are idempotent, so that costs only time.
+//! The consumer loop: connect to a node that answers, declare, consume with bounded prefetch
+//! and concurrency, and start over on the next node with backoff when the connection is lost.
+//! Deliveries in flight when a connection dies are redelivered by the broker; handlers are
+//! idempotent, so that costs only time ([`super::redelivery`] keeps it from counting as a
+//! crash).
 
 use std::{
+    collections::VecDeque,
     future::Future,
     sync::{
         Arc,
@@ -14,7 +17,8 @@ use std::{
 use anyhow::anyhow;
 use futures_util::{FutureExt, StreamExt};
 use lapin::{
-    BasicProperties,
+    BasicProperties, Channel, Connection,
+    message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     },
@@ -23,7 +27,7 @@ use lapin::{
 use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::Topology;
+use super::{Brokers, Topology, header_u64};
 use crate::retry;
 
 /// What the consumer does with a delivery once its handler returns.
@@ -58,7 +62,7 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 pub struct ConsumerSpec {
-    pub url: String,
+    pub brokers: Brokers,
     pub queue: String,
     pub name: &'static str,
     pub prefetch: u16,
@@ -73,129 +77,188 @@ pub struct ConsumerSpec {
 /// grace period, and returns.
 pub async fn run<H: Handler>(spec: ConsumerSpec, handler: Arc<H>, cancel: CancellationToken) {
     let mut delays = retry::reconnect_delays();
+    // The node to try first: the head of the list, then the one after whichever failed.
+    let mut from = 0;
     loop {
         if cancel.is_cancelled() {
             return;
         }
         let started = Instant::now();
-        match session(&spec, &handler, &cancel).await {
+        let (node, e) = match session(&spec, &handler, &cancel, from).await {
             Ok(()) => return,
-            Err(e) => {
-                spec.up.store(false, Ordering::SeqCst);
-                metrics::gauge!("erasure_consumer_up", "queue" => spec.name).set(0.0);
-                metrics::counter!("erasure_consumer_reconnects_total", "queue" => spec.name)
-                    .increment(1);
-                // A session that lasted is a new outage: start the backoff over.
-                if started.elapsed() > Duration::from_secs(30) {
-                    delays = retry::reconnect_delays();
-                }
-                let delay = delays.next().unwrap_or(Duration::from_secs(10));
-                tracing::warn!(queue = %spec.queue, error = %e, retry_in_ms = delay.as_millis() as u64, "consumer lost its connection");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
+            Err(failed) => failed,
+        };
+        spec.up.store(false, Ordering::SeqCst);
+        metrics::gauge!("erasure_consumer_up", "queue" => spec.name).set(0.0);
+        metrics::counter!("erasure_consumer_reconnects_total", "queue" => spec.name).increment(1);
+        if let Some(node) = node {
+            from = spec.brokers.after(node);
+        }
+        // A session that lasted is a new outage: start the backoff over.
+        if started.elapsed() > Duration::from_secs(30) {
+            delays = retry::reconnect_delays();
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(10));
+        tracing::warn!(
+            queue = %spec.queue,
+            broker = node.map(|n| spec.brokers.address(n)),
+            next_broker = %spec.brokers.address(from),
+            error = %e,
+            retry_in_ms = delay.as_millis() as u64,
+            "consumer lost its connection"
+        );
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
         }
     }
 }
 
+/// One connection's life: `Ok` at shutdown; otherwise the error, with the node it was on
+/// (`None` when no node answered).
 async fn session<H: Handler>(
     spec: &ConsumerSpec,
     handler: &Arc<H>,
     cancel: &CancellationToken,
+    from: usize,
+) -> Result<(), (Option<usize>, anyhow::Error)> {
+    let (conn, node) = spec
+        .brokers
+        .connect(from, spec.name)
+        .await
+        .map_err(|e| (None, e))?;
+    let result = consume(spec, handler, cancel, &conn, node).await;
+    super::close(&conn, "bye").await;
+    result.map_err(|e| (Some(node), e))
+}
+
+/// How long declaring and attaching may take. A node that answers the handshake but cannot
+/// serve the queue (its cluster lost its majority) would otherwise hold the consumer there.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn consume<H: Handler>(
+    spec: &ConsumerSpec,
+    handler: &Arc<H>,
+    cancel: &CancellationToken,
+    conn: &Connection,
+    node: usize,
 ) -> anyhow::Result<()> {
-    let conn = super::connect(&spec.url, spec.name).await?;
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(spec.prefetch, BasicQosOptions::default())
-        .await?;
-    spec.topology.declare(&ch).await?;
     let tag = format!("erasure-{}-{}", spec.name, uuid::Uuid::new_v4());
-    let mut consumer = ch
-        .basic_consume(
-            spec.queue.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let attach = async {
+        spec.topology.ensure(conn).await?;
+        let ch = conn.create_channel().await?;
+        ch.basic_qos(spec.prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = ch
+            .basic_consume(
+                spec.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        anyhow::Ok((ch, consumer))
+    };
+    let (ch, mut consumer) = tokio::time::timeout(ATTACH_TIMEOUT, attach)
+        .await
+        .map_err(|_| anyhow!("not attached to {} within {ATTACH_TIMEOUT:?}", spec.queue))??;
     spec.up.store(true, Ordering::SeqCst);
     metrics::gauge!("erasure_consumer_up", "queue" => spec.name).set(1.0);
-    tracing::info!(queue = %spec.queue, "consuming");
+    tracing::info!(queue = %spec.queue, broker = %spec.brokers.address(node), "consuming");
 
-    let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(spec.concurrency));
-    // Not a child of `cancel`: shutdown must give in-flight work the grace period first, and
-    // only then tell it to hand itself back.
-    let stop = CancellationToken::new();
-    let result = loop {
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => break Ok(()),
-            p = permits.clone().acquire_owned() => p.expect("semaphore never closes"),
-        };
-        let next = tokio::select! {
-            _ = cancel.cancelled() => break Ok(()),
-            n = consumer.next() => n,
-        };
-        let mut batch = match next {
-            Some(Ok(d)) => vec![d],
-            Some(Err(e)) => break Err(anyhow!(e)),
-            None => break Err(anyhow!("the broker cancelled the consumer")),
-        };
-        // The deliveries already here (up to the prefetch) go with the first: the handler
-        // works them together. Nothing waits for more: a lone delivery is not delayed.
-        while batch.len() < handler.batch() {
-            match consumer.next().now_or_never() {
-                Some(Some(Ok(d))) => batch.push(d),
-                Some(Some(Err(e))) => {
-                    tracing::warn!(queue = %spec.queue, error = %e, "consumer error after a delivery");
-                    break;
-                }
-                _ => break,
-            }
-        }
-        tracker.spawn(settle_batch(
-            handler.clone(),
-            batch,
-            stop.clone(),
-            spec.name,
-            permit,
-        ));
+    let work = Work {
+        tracker: TaskTracker::new(),
+        // Not a child of `cancel`: shutdown must give in-flight work the grace period first,
+        // and only then tell it to hand itself back.
+        stop: CancellationToken::new(),
     };
+    let result = pump(spec, handler, cancel, &mut consumer, &work).await;
     spec.up.store(false, Ordering::SeqCst);
     metrics::gauge!("erasure_consumer_up", "queue" => spec.name).set(0.0);
     if result.is_ok() {
-        // Shutdown: no new deliveries, then give in-flight work the grace period.
-        let _ = ch
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await;
-        tracker.close();
-        if tokio::time::timeout(spec.grace, tracker.wait())
-            .await
-            .is_err()
-        {
-            stop.cancel();
-            tracing::warn!(queue = %spec.queue, "grace period over: handing in-flight work back");
-            let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
-        }
+        shut_down(spec, &ch, &tag, &work).await;
     } else {
-        stop.cancel();
-        tracker.close();
-        let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+        work.stop.cancel();
+        work.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), work.tracker.wait()).await;
     }
     // Unsettled deliveries return to the queue when the channel closes.
-    let _ = ch.close(200, "bye".into()).await;
-    let _ = conn.close(200, "bye".into()).await;
+    super::close_channel(&ch, "bye").await;
     result
 }
 
-/// Hands a batch of deliveries to the handler and settles each with its outcome.
+/// What a session's handlers share.
+struct Work {
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+/// Takes deliveries as they arrive (the broker sends at most `prefetch` unsettled) and starts
+/// a handler for each while a permit is free. Returns `Ok` when cancelled, the error as soon
+/// as the connection or the consumer is lost: deliveries not started by then are dropped, not
+/// worked on a channel that can no longer settle them.
+async fn pump<H: Handler>(
+    spec: &ConsumerSpec,
+    handler: &Arc<H>,
+    cancel: &CancellationToken,
+    consumer: &mut lapin::Consumer,
+    work: &Work,
+) -> anyhow::Result<()> {
+    let permits = Arc::new(Semaphore::new(spec.concurrency));
+    let mut waiting: VecDeque<Delivery> = VecDeque::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(()),
+            permit = permits.clone().acquire_owned(), if !waiting.is_empty() => {
+                let permit = permit.expect("semaphore never closes");
+                // The deliveries already here (up to the prefetch) go with the first: the
+                // handler works them together. Nothing waits for more: a lone delivery is not
+                // delayed.
+                while waiting.len() < handler.batch() {
+                    match consumer.next().now_or_never() {
+                        Some(next) => receive(spec, &mut waiting, next)?,
+                        None => break,
+                    }
+                }
+                let batch: Vec<Delivery> =
+                    waiting.drain(..waiting.len().min(handler.batch())).collect();
+                let (handler, stop, name) = (handler.clone(), work.stop.clone(), spec.name);
+                work.tracker.spawn(async move {
+                    settle_batch(batch, handler.as_ref(), stop, name).await;
+                    drop(permit);
+                });
+            }
+            next = consumer.next() => receive(spec, &mut waiting, next)?,
+        }
+    }
+}
+
+/// Queues a delivery the consumer stream yielded; the stream's end or error ends the session.
+fn receive(
+    spec: &ConsumerSpec,
+    waiting: &mut VecDeque<Delivery>,
+    next: Option<lapin::Result<Delivery>>,
+) -> anyhow::Result<()> {
+    match next {
+        Some(Ok(d)) => {
+            if header_u64(&d.properties, "x-delivery-count").unwrap_or(0) > 0 {
+                metrics::counter!("erasure_redeliveries_total", "queue" => spec.name).increment(1);
+            }
+            waiting.push_back(d);
+            Ok(())
+        }
+        Some(Err(e)) => Err(anyhow!(e)),
+        None => Err(anyhow!("the broker cancelled the consumer")),
+    }
+}
+
+/// Hands a batch of deliveries to the handler and settles each as the handler says.
 async fn settle_batch<H: Handler>(
-    handler: Arc<H>,
-    batch: Vec<lapin::message::Delivery>,
+    batch: Vec<Delivery>,
+    handler: &H,
     stop: CancellationToken,
     name: &'static str,
-    permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let (messages, ackers): (Vec<Message>, Vec<lapin::Acker>) = batch
         .into_iter()
@@ -220,10 +283,31 @@ async fn settle_batch<H: Handler>(
                     .await
             }
         };
-        if let Err(e) = settled {
-            // The channel is gone; the broker redelivers, and the handler is idempotent.
-            tracing::warn!(queue = name, error = %e, "could not settle a delivery");
+        // The channel is gone (`false`: lapin knew it before sending); the broker redelivers,
+        // and the handler is idempotent.
+        match settled {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                queue = name,
+                "could not settle a delivery: its channel is closed"
+            ),
+            Err(e) => tracing::warn!(queue = name, error = %e, "could not settle a delivery"),
         }
     }
-    drop(permit);
+}
+
+/// Shutdown: no new deliveries, in-flight work gets the grace period, then is told to hand
+/// itself back.
+async fn shut_down(spec: &ConsumerSpec, ch: &Channel, tag: &str, work: &Work) {
+    let cancelled = ch.basic_cancel(tag.into(), BasicCancelOptions::default());
+    let _ = tokio::time::timeout(super::CLOSE_TIMEOUT, cancelled).await;
+    work.tracker.close();
+    if tokio::time::timeout(spec.grace, work.tracker.wait())
+        .await
+        .is_err()
+    {
+        work.stop.cancel();
+        tracing::warn!(queue = %spec.queue, "grace period over: handing in-flight work back");
+        let _ = tokio::time::timeout(Duration::from_secs(5), work.tracker.wait()).await;
+    }
 }

@@ -1,16 +1,18 @@
 //! Redrive: move dead-lettered messages back to their queue for another attempt. The request
 //! is reopened first, so it resumes where it stopped (rows already erased stay erased).
 
-use anyhow::Context;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use lapin::{
     options::{BasicAckOptions, BasicGetOptions, BasicNackOptions},
     types::{AMQPValue, FieldTable},
 };
 use sqlx::PgPool;
 
-use super::{Topology, header_str, publisher::Publisher};
+use super::{Brokers, Topology, header_str, publisher::Publisher};
 use crate::{
     contract::{ERASE_ROUTING_KEY, RequestId, TASK_ROUTING_KEY},
+    retry,
     store::requests,
 };
 
@@ -64,94 +66,155 @@ fn request_id_of(props: &lapin::BasicProperties, data: &[u8]) -> Option<RequestI
         .and_then(|s| RequestId::parse(&s))
 }
 
-/// Moves up to `limit` dead letters back; returns how many.
+/// Moves up to `limit` dead letters back; returns how many. A lost broker connection is
+/// retried on the next node ([`retry::broker`]) with what is left to move; a message in hand
+/// when the connection died goes back to `erasure.dead`, or if it was already republished, is
+/// moved twice (a duplicate, which the workers absorb).
 pub async fn redrive(
     pool: &PgPool,
-    amqp_url: &str,
+    brokers: impl Into<Brokers>,
     topology: &Topology,
     limit: usize,
 ) -> anyhow::Result<usize> {
-    let publisher = Publisher::new(amqp_url, "redrive", topology.clone());
-    let conn = super::connect(amqp_url, "redrive")
-        .await
-        .context("connecting to RabbitMQ")?;
-    let ch = conn.create_channel().await?;
-    topology.declare(&ch).await?;
-    let mut moved = 0;
-    while moved < limit {
-        let Some(msg) = ch
-            .basic_get(
-                topology.dead_queue().as_str().into(),
-                BasicGetOptions::default(),
-            )
-            .await?
-        else {
-            break;
-        };
-        let key = origin_routing_key(&msg.delivery.properties, topology, &msg.delivery.data);
-        let request_id = request_id_of(&msg.delivery.properties, &msg.delivery.data);
-        let step = async {
-            if let Some(id) = &request_id {
-                requests::reopen(pool, id).await?;
-            }
-            let mut headers = FieldTable::default();
-            headers.insert("x-erasure-redriven".into(), AMQPValue::Boolean(true));
-            let message_id = request_id
-                .as_ref()
-                .map(|r| r.to_string())
-                .unwrap_or_else(|| "unidentified".into());
-            publisher
-                .publish(key, &message_id, &msg.delivery.data, headers)
-                .await
+    let brokers = brokers.into();
+    let publisher = Publisher::new(&brokers, "redrive", topology.clone());
+    let moved = AtomicUsize::new(0);
+    let from = AtomicUsize::new(0);
+    let result = retry::broker("redrive", || {
+        move_dead_letters(pool, &brokers, &from, &publisher, topology, limit, &moved)
+    })
+    .await;
+    publisher.close().await;
+    result.map(|()| moved.into_inner())
+}
+
+/// One connection's share of [`redrive`]: moves dead letters until `limit` have been moved in
+/// all or the queue is empty.
+async fn move_dead_letters(
+    pool: &PgPool,
+    brokers: &Brokers,
+    from: &AtomicUsize,
+    publisher: &Publisher,
+    topology: &Topology,
+    limit: usize,
+    moved: &AtomicUsize,
+) -> anyhow::Result<()> {
+    let (conn, node) = brokers
+        .connect(from.load(Ordering::SeqCst), "redrive")
+        .await?;
+    // Should this connection be lost, the next attempt starts with the node after it.
+    from.store(brokers.after(node), Ordering::SeqCst);
+    let result = async {
+        topology.ensure(&conn).await?;
+        let ch = conn.create_channel().await?;
+        while moved.load(Ordering::SeqCst) < limit {
+            let Some(msg) = ch
+                .basic_get(
+                    topology.dead_queue().as_str().into(),
+                    BasicGetOptions::default(),
+                )
+                .await?
+            else {
+                break;
+            };
+            move_one(pool, publisher, topology, msg, moved).await?;
         }
-        .await;
-        match step {
-            Ok(()) => {
-                msg.delivery.acker.ack(BasicAckOptions::default()).await?;
-                moved += 1;
-            }
-            Err(e) => {
-                msg.delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await?;
-                publisher.close().await;
-                return Err(e.context(format!(
-                    "redriving message {} (others were moved: {moved})",
-                    moved + 1
-                )));
-            }
+        anyhow::Ok(())
+    }
+    .await;
+    super::close(&conn, "done").await;
+    result
+}
+
+/// Reopens the request a dead letter names and republishes it to its queue; acknowledged
+/// only once the republish is confirmed.
+async fn move_one(
+    pool: &PgPool,
+    publisher: &Publisher,
+    topology: &Topology,
+    msg: lapin::message::BasicGetMessage,
+    moved: &AtomicUsize,
+) -> anyhow::Result<()> {
+    let key = origin_routing_key(&msg.delivery.properties, topology, &msg.delivery.data);
+    let request_id = request_id_of(&msg.delivery.properties, &msg.delivery.data);
+    let step = async {
+        if let Some(id) = &request_id {
+            requests::reopen(pool, id).await?;
+        }
+        let mut headers = FieldTable::default();
+        headers.insert("x-erasure-redriven".into(), AMQPValue::Boolean(true));
+        let message_id = request_id
+            .as_ref()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "unidentified".into());
+        publisher
+            .publish(key, &message_id, &msg.delivery.data, headers)
+            .await
+    }
+    .await;
+    match step {
+        Ok(()) => {
+            msg.delivery.acker.ack(BasicAckOptions::default()).await?;
+            moved.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = msg
+                .delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+            let n = moved.load(Ordering::SeqCst);
+            Err(e.context(format!(
+                "redriving message {} (others were moved: {n})",
+                n + 1
+            )))
         }
     }
-    publisher.close().await;
-    let _ = conn.close(200, "done".into()).await;
-    Ok(moved)
 }
 
 /// Depth and consumers of every queue, for `erasure queue stats`.
-pub async fn stats(amqp_url: &str, topology: &Topology) -> anyhow::Result<Vec<(String, u32, u32)>> {
-    let conn = super::connect(amqp_url, "stats")
-        .await
-        .context("connecting to RabbitMQ")?;
-    let ch = conn.create_channel().await?;
-    topology.declare(&ch).await?;
-    let mut out = Vec::new();
-    for (queue, _) in topology.queues() {
-        let q = ch
-            .queue_declare(
-                queue.as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        out.push((queue, q.message_count(), q.consumer_count()));
+pub async fn stats(
+    brokers: impl Into<Brokers>,
+    topology: &Topology,
+) -> anyhow::Result<Vec<(String, u32, u32)>> {
+    let brokers = brokers.into();
+    let from = AtomicUsize::new(0);
+    retry::broker("queue stats", || stats_once(&brokers, &from, topology)).await
+}
+
+async fn stats_once(
+    brokers: &Brokers,
+    from: &AtomicUsize,
+    topology: &Topology,
+) -> anyhow::Result<Vec<(String, u32, u32)>> {
+    let (conn, node) = brokers
+        .connect(from.load(Ordering::SeqCst), "stats")
+        .await?;
+    from.store(brokers.after(node), Ordering::SeqCst);
+    let result = async {
+        topology.ensure(&conn).await?;
+        let ch = conn.create_channel().await?;
+        let mut out = Vec::new();
+        for (queue, _) in topology.queues() {
+            let q = ch
+                .queue_declare(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            out.push((queue, q.message_count(), q.consumer_count()));
+        }
+        anyhow::Ok(out)
     }
-    let _ = conn.close(200, "done".into()).await;
-    Ok(out)
+    .await;
+    super::close(&conn, "done").await;
+    result
 }

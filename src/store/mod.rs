@@ -11,6 +11,7 @@ pub mod pace;
 pub mod planning;
 pub mod platform;
 pub mod proofs;
+pub mod redelivery_runs;
 pub mod requests;
 pub mod retention;
 pub mod tasks;

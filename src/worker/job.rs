@@ -6,7 +6,7 @@
 
 use std::{future::Future, sync::Arc};
 
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::AMQPValue;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -18,6 +18,7 @@ use crate::{
         self,
         consumer::{Handler, Message, Outcome},
         publisher::Publisher,
+        redelivery::{self, Run, Verdict},
     },
     retry::Transient,
     store::{dead_letters::Subject, outbox::OutboxMessage},
@@ -216,10 +217,13 @@ impl<J: Job> Runner<J> {
         }
     }
 
-    /// Reads a delivery: the message, or the outcome of one that is not to run (poison, or
-    /// delivered too often: dead-lettered).
-    async fn admit(&self, message: &Message) -> Result<J::Message, Outcome> {
-        let msg = match self.job.parse(&self.ctx, &message.data) {
+    /// Reads a delivery: the message and, for a redelivery, its run
+    /// ([`queue::redelivery`]); or the outcome of one that is not to run (poison, a crash
+    /// loop: dead-lettered; delivered too often for other reasons, or the verdict
+    /// interrupted: put back).
+    async fn admit(&self, message: &Message) -> Result<(J::Message, Option<Run>), Outcome> {
+        let (data, props) = (&message.data, &message.props);
+        let msg = match self.job.parse(&self.ctx, data) {
             Ok(msg) => msg,
             Err(poison) => {
                 metrics::counter!("erasure_poison_messages_total", "kind" => J::NAME).increment(1);
@@ -227,21 +231,54 @@ impl<J: Job> Runner<J> {
                     request_id: poison.request_id.as_ref(),
                     account_id: poison.account_id.as_ref(),
                 };
-                return Err(self
-                    .dead_letter(subject, &poison.reason, &message.data)
-                    .await);
+                return Err(self.dead_letter(subject, &poison.reason, data).await);
             }
         };
-        let delivery = queue::delivery_number(&message.props);
-        if delivery > u64::from(self.ctx.config.queue.max_deliveries) {
-            let reason = format!("delivered {delivery} times without being settled");
-            let outcome = self
-                .dead_letter(self.job.subject(&msg), &reason, &message.data)
-                .instrument(self.job.span(&msg))
-                .await;
-            return Err(outcome);
-        }
-        Ok(msg)
+        // A redelivery is a crash loop only for the runs that ended with the worker gone,
+        // not for the broker's every return (queue::redelivery).
+        let max = self.ctx.config.queue.max_deliveries;
+        let unsettled = redelivery::unsettled_before(props);
+        let span = self.job.span(&msg);
+        let outcome = match redelivery::verdict(
+            &self.ctx.pool,
+            self.ctx.retry_budget(),
+            props,
+            data,
+            max,
+        )
+        .await
+        {
+            Ok(Verdict::Execute(run)) => return Ok((msg, run)),
+            Ok(Verdict::CrashLoop {
+                deliveries,
+                crashes,
+            }) => {
+                let reason = format!(
+                    "delivered {deliveries} times without being settled ({crashes} ended with the worker gone)"
+                );
+                let outcome = self
+                    .dead_letter(self.job.subject(&msg), &reason, data)
+                    .instrument(span)
+                    .await;
+                redelivery::forget(&self.ctx.pool, self.ctx.retry_budget(), props, data).await;
+                outcome
+            }
+            Ok(Verdict::Republish { .. }) => {
+                span.in_scope(|| {
+                    tracing::info!(unsettled, "redelivered without crashes; republishing it");
+                });
+                self.put_back(&queue::message_id(props), data, unsettled, None)
+                    .await
+            }
+            Err(e) => {
+                span.in_scope(|| {
+                    tracing::warn!(error = %e.describe(), "interrupted; handing the message back");
+                });
+                self.put_back(&queue::message_id(props), data, unsettled, None)
+                    .await
+            }
+        };
+        Err(outcome)
     }
 
     /// What becomes of a delivery once its work ended with `result`.
@@ -252,6 +289,7 @@ impl<J: Job> Runner<J> {
         result: Result<Step, JobError>,
     ) -> Outcome {
         let (data, props) = (&message.data, &message.props);
+        let unsettled = redelivery::unsettled_before(props);
         match result {
             Ok(step) => {
                 metrics::counter!("erasure_job_steps_total", "kind" => J::NAME, "step" => step.name())
@@ -261,7 +299,8 @@ impl<J: Job> Runner<J> {
             }
             Err(JobError::Transient(e)) => {
                 tracing::warn!(error = %e, "interrupted; handing the message back");
-                self.hand_back(&queue::message_id(props), data).await
+                self.put_back(&queue::message_id(props), data, unsettled, None)
+                    .await
             }
             Err(JobError::Unreachable { database, reason }) => {
                 let rounds = queue::header_u64(props, UNREACHABLE_ROUNDS).unwrap_or(0) + 1;
@@ -270,7 +309,7 @@ impl<J: Job> Runner<J> {
                     return self.dead_letter(self.job.subject(msg), &reason, data).await;
                 }
                 tracing::warn!(database, error = %reason, rounds, "a database of the catalog does not answer; handing the message back");
-                self.republish(&queue::message_id(props), data, Some(rounds))
+                self.put_back(&queue::message_id(props), data, unsettled, Some(rounds))
                     .await
             }
             Err(e) => {
@@ -285,14 +324,21 @@ impl<J: Job> Runner<J> {
     /// count as a delivery. A plain requeue would count, and a long enough outage would have
     /// the broker dead-letter healthy messages (`x-delivery-limit`) with nothing recorded.
     pub async fn hand_back(&self, message_id: &str, data: &[u8]) -> Outcome {
-        self.republish(message_id, data, None).await
+        self.put_back(message_id, data, 0, None).await
     }
 
-    /// [`Runner::hand_back`], counting `rounds` in the message when a database of the
-    /// catalog is what is missing.
-    async fn republish(&self, message_id: &str, data: &[u8], rounds: Option<u64>) -> Outcome {
+    /// [`Runner::hand_back`], carrying the `unsettled` deliveries before this one (the
+    /// copy's broker count starts again, the crash count does not), and counting `rounds` in
+    /// the message when a database of the catalog is what is missing.
+    async fn put_back(
+        &self,
+        message_id: &str,
+        data: &[u8],
+        unsettled: u64,
+        rounds: Option<u64>,
+    ) -> Outcome {
         metrics::counter!("erasure_handed_back_total", "kind" => J::NAME).increment(1);
-        let mut headers = FieldTable::default();
+        let mut headers = redelivery::carried(unsettled);
         headers.insert("x-erasure-retried".into(), AMQPValue::Boolean(true));
         if let Some(rounds) = rounds {
             headers.insert(
@@ -349,17 +395,17 @@ impl<J: Job> Handler for Runner<J> {
     /// queued (in one round of pipelined confirms), then settles each.
     async fn handle(&self, messages: Vec<Message>, stop: CancellationToken) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(messages.len());
-        let mut ready: Vec<(usize, J::Message)> = Vec::new();
+        let mut ready: Vec<(usize, J::Message, Option<Run>)> = Vec::new();
         for (i, message) in messages.iter().enumerate() {
             match self.admit(message).await {
-                Ok(msg) => {
-                    ready.push((i, msg));
+                Ok((msg, run)) => {
+                    ready.push((i, msg, run));
                     outcomes.push(None);
                 }
                 Err(outcome) => outcomes.push(Some(outcome)),
             }
         }
-        let msgs: Vec<&J::Message> = ready.iter().map(|(_, m)| m).collect();
+        let msgs: Vec<&J::Message> = ready.iter().map(|(_, m, _)| m).collect();
         if !msgs.is_empty() {
             metrics::histogram!("erasure_job_group_messages", "kind" => J::NAME)
                 .record(msgs.len() as f64);
@@ -388,12 +434,21 @@ impl<J: Job> Handler for Runner<J> {
             .flat_map(|step| step.messages().iter().cloned())
             .collect();
         self.publisher.publish_outbox(&self.ctx.pool, &queued).await;
-        for ((i, msg), result) in ready.iter().zip(results) {
-            let outcome = self
-                .settle(msg, &messages[*i], result)
-                .instrument(self.job.span(msg))
+        for ((i, msg, run), result) in ready.into_iter().zip(results) {
+            if let Some(run) = run {
+                // Handed back, the message lives on (its runs with it); otherwise it is
+                // settled.
+                run.finish(!matches!(
+                    result,
+                    Err(JobError::Transient(_) | JobError::Unreachable { .. })
+                ))
                 .await;
-            outcomes[*i] = Some(outcome);
+            }
+            let outcome = self
+                .settle(&msg, &messages[i], result)
+                .instrument(self.job.span(&msg))
+                .await;
+            outcomes[i] = Some(outcome);
         }
         outcomes
             .into_iter()

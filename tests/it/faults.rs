@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::{
     helpers::{AMQP_URL, Api, TestEnv, publish_raw},
+    load::Load,
     process::Process,
     proxy::Proxy,
 };
@@ -673,4 +674,122 @@ async fn a_message_put_back_after_a_transient_failure_does_not_count_a_delivery(
         .unwrap();
     publisher.close().await;
     let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_kills_the_worker_again_and_again_is_dead_lettered() {
+    // One slice for the whole request, so that every worker gets the same task message; two
+    // deliveries that end with the worker gone make a crash loop.
+    let mut vars = SLOW.to_vec();
+    vars.extend([
+        ("ERASURE_BATCHES_PER_SLICE", "100000"),
+        ("ERASURE_MAX_DELIVERIES", "2"),
+    ]);
+    let s = Scenario::new(&vars, 600).await;
+    let id = format!("eud-{}", uuid::Uuid::new_v4());
+    publish_raw(&s.env, ERASE_ROUTING_KEY, &s.message(&id, &s.target_bots())).await;
+
+    // The task message kills two workers in turn (a SIGKILL while it runs stands for a crash
+    // it causes).
+    let mut deleted = 0;
+    for _ in 0..2 {
+        let worker = Process::spawn(&s.env, "worker", &[]).await;
+        s.env.wait_progress(&id, deleted + 1).await;
+        worker.kill().await;
+        s.assert_mid_work(&id).await;
+        deleted = s.env.rows_deleted(&id).await;
+    }
+    // The third worker dead-letters it without working it.
+    let _worker = Process::spawn(&s.env, "worker", &[]).await;
+    assert_eq!(
+        s.env.wait_settled(&id, Duration::from_secs(60)).await,
+        "failed"
+    );
+    // (Twice if the killed planner left its task message to be published again.)
+    let reasons: Vec<String> = sqlx::query_scalar(
+        "SELECT reason FROM erasure.dead_letters WHERE request_id = $1 AND routing_key = $2",
+    )
+    .bind(&id)
+    .bind(TASK_ROUTING_KEY)
+    .fetch_all(&s.env.pool)
+    .await
+    .unwrap();
+    assert!(
+        !reasons.is_empty()
+            && reasons
+                .iter()
+                .all(|r| r.starts_with("delivered 3 times without being settled")),
+        "{reasons:?}"
+    );
+    assert_eq!(s.env.rows_deleted(&id).await, deleted, "not worked again");
+    // Recorded first, then published to the dead-letter queue.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut dead = Vec::new();
+    while !dead
+        .iter()
+        .any(|(why, rid): &(Option<String>, Option<String>)| {
+            why.as_deref()
+                .is_some_and(|w| w.starts_with("delivered 3 times without being settled"))
+                && rid.as_deref() == Some(id.as_str())
+        })
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the task message is in the dead-letter queue: {dead:?}"
+        );
+        dead.extend(drain_dead(&s.env).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_connections_lost_again_and_again_never_dead_letter_a_healthy_message() {
+    // One task at a time and eight prefetched: the seven waiting are given back at every cut
+    // and prefetched again after it, their x-delivery-count growing past
+    // ERASURE_MAX_DELIVERIES (2), which the old count of deliveries dead-lettered.
+    let vars = [
+        ("ERASURE_BATCH_SIZE", "20"),
+        ("ERASURE_BATCHES_PER_SLICE", "2"),
+        ("ERASURE_MAX_ROWS_PER_SECOND", "200"),
+        ("ERASURE_BOTS_PER_MESSAGE", "1"),
+        ("ERASURE_WORKER_CONCURRENCY", "1"),
+        ("ERASURE_PREFETCH", "8"),
+        ("ERASURE_MAX_DELIVERIES", "2"),
+        ("ERASURE_SHUTDOWN_GRACE_SECONDS", "1"),
+    ];
+    let load = std::sync::Arc::new(Load::new(&vars, 16, 20).await);
+    let proxy = Proxy::start(AMQP_ADDR).await;
+    let amqp = proxy.rewrite(AMQP_URL, AMQP_ADDR);
+    let worker = Process::spawn(&load.env, "worker", &[("AMQP_URL", amqp.as_str())]).await;
+    let intake = load.env.start(Role::Intake).await;
+    let submitted = load
+        .stream(Api::new(&intake), Duration::from_millis(0))
+        .end()
+        .await;
+
+    // Cut until a message came back as often as the limit allows crashes: the worker
+    // republishes it (resetting the broker's count) rather than dead-letter it.
+    let republished = "redelivered without crashes; republishing it";
+    let mut cuts = 0;
+    while worker.logged(republished) == 0 {
+        assert!(cuts < 12, "no message was held across two cuts");
+        load.wait_mid_erasure().await;
+        let attached = worker.logged("consuming");
+        proxy.cut();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.restore();
+        cuts += 1;
+        // Both consumers back, and some work done, before the next cut.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while worker.logged("consuming") < attached + 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}",
+                worker.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    load.assert_erased(&submitted).await;
+    intake.shutdown().await;
 }

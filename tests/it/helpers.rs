@@ -9,7 +9,7 @@ use erasure::{
     client::{Call, Client},
     config::Config,
     contract::StatusDocument,
-    queue::Topology,
+    queue::{Brokers, Topology},
     secrets,
     startup::{self, Role, Running},
     store::{self, apps},
@@ -86,8 +86,12 @@ impl TestEnv {
     }
 
     pub fn topology(&self) -> Topology {
-        let c = self.config();
-        Topology::new(&c.queue.prefix, c.queue.max_deliveries)
+        Topology::from_settings(&self.config().queue)
+    }
+
+    /// The broker (or the nodes of the cluster) this test's services use.
+    pub fn brokers(&self) -> Brokers {
+        Brokers::from(&self.config().queue.amqp_url)
     }
 
     /// Starts the service in this process.
@@ -277,7 +281,7 @@ impl TestEnv {
 
     /// Depth of one of this test's queues.
     pub async fn queue_depth(&self, queue: &str) -> u32 {
-        let conn = erasure::queue::connect(AMQP_URL, "test").await.unwrap();
+        let (conn, _) = self.brokers().connect(0, "test").await.unwrap();
         let ch = conn.create_channel().await.unwrap();
         let q = ch
             .queue_declare(
@@ -299,6 +303,7 @@ impl Drop for TestEnv {
     fn drop(&mut self) {
         let db_url = self.db_url.clone();
         let topology = Topology::new(&self.prefix, 5);
+        let brokers = self.brokers();
         // Async cleanup from Drop: a separate thread with its own runtime.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -307,7 +312,7 @@ impl Drop for TestEnv {
                 .unwrap();
             rt.block_on(async move {
                 let _ = store::drop_database(&db_url).await;
-                if let Ok(conn) = erasure::queue::connect(AMQP_URL, "test-cleanup").await {
+                if let Ok((conn, _)) = brokers.connect(0, "test-cleanup").await {
                     if let Ok(ch) = conn.create_channel().await {
                         for (q, _) in topology.queues() {
                             let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
@@ -377,7 +382,7 @@ async fn answer<T>(call: Call<T>) -> (u16, Value) {
 /// Publishes a raw message to this test's `erasure` exchange, as a platform producer would.
 pub async fn publish_raw(env: &TestEnv, routing_key: &str, payload: &[u8]) {
     let publisher =
-        erasure::queue::publisher::Publisher::new(AMQP_URL, "test-producer", env.topology());
+        erasure::queue::publisher::Publisher::new(env.brokers(), "test-producer", env.topology());
     publisher
         .publish(
             routing_key,

@@ -613,3 +613,35 @@ fn every_documented_metric_is_recorded_by_the_code() {
         );
     }
 }
+
+#[tokio::test]
+async fn queues_declared_with_another_quorum_size_are_used_as_they_are() {
+    // Queues of three replicas, as a deployment declared them; the service now asks for five.
+    let env = TestEnv::with_vars(&[("ERASURE_QUORUM_SIZE", "5")]).await;
+    let earlier = erasure::queue::Topology {
+        quorum_size: 3,
+        ..env.topology()
+    };
+    let conn = erasure::queue::connect(crate::helpers::AMQP_URL, "test-declare")
+        .await
+        .unwrap();
+    earlier
+        .declare(&conn.create_channel().await.unwrap())
+        .await
+        .unwrap();
+    let refused = env
+        .topology()
+        .declare(&conn.create_channel().await.unwrap())
+        .await
+        .expect_err("the broker refuses another x-quorum-initial-group-size");
+    assert!(
+        refused.to_string().contains("x-quorum-initial-group-size"),
+        "{refused}"
+    );
+
+    // The service's own declaration uses the queues as they are, and publishes to them.
+    env.topology().ensure(&conn).await.unwrap();
+    let _ = conn.close(200, "bye".into()).await;
+    publish_raw(&env, erasure::contract::ERASE_ROUTING_KEY, b"{}").await;
+    assert_eq!(env.queue_depth(&env.topology().requests_queue()).await, 1);
+}

@@ -336,9 +336,8 @@ fn bar(len: u64, unit: &str) -> ProgressBar {
 
 async fn cleanup(opts: &Options) {
     let topology = Topology::new(&opts.queue_prefix, opts.config.queue.max_deliveries);
-    if let Ok(conn) =
-        erasure::queue::connect(opts.config.queue.amqp_url.primary(), "bench-cleanup").await
-    {
+    let brokers = erasure::queue::Brokers::from(&opts.config.queue.amqp_url);
+    if let Ok((conn, _)) = brokers.connect(0, "bench-cleanup").await {
         if let Ok(ch) = conn.create_channel().await {
             for (q, _) in topology.queues() {
                 let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;

@@ -43,7 +43,7 @@ impl Service {
         let mut cmd = tokio::process::Command::new(&opts.exe);
         cmd.args(["serve", "--role", role])
             .env("DATABASE_URL", &opts.database_url)
-            .env("AMQP_URL", opts.config.queue.amqp_url.primary())
+            .env("AMQP_URL", opts.config.queue.amqp_url.all().join(","))
             .env("ERASURE_QUEUE_PREFIX", &opts.queue_prefix)
             .env("ERASURE_HTTP_ADDR", addr.to_string())
             .env("ERASURE_RATE_LIMIT_PER_APP", "0")
