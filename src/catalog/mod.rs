@@ -685,4 +685,4 @@ fn digest(databases: &BTreeMap<String, String>, stores: &[Store]) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

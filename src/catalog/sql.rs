@@ -248,23 +248,7 @@ mod tests {
     use super::*;
     use crate::catalog::Source;
 
-    const TREE: &str = r#"
-        [[stores]]
-        name = "conversations"
-        table = "chat.\"Conversations\""
-        user_column = "UserId"
-        bot_column = "bot_id"
-
-        [[stores]]
-        name = "attachments"
-        table = "chat.attachments"
-        parent = { store = "messages", column = "message_id", references = "id" }
-
-        [[stores]]
-        name = "messages"
-        table = "chat.\"Message Parts\""
-        parent = { store = "conversations", column = "conversation_id", references = "Id" }
-    "#;
+    use crate::catalog::tests::{ANALYTICS, TREE};
 
     #[test]
     fn a_tree_deletes_deepest_first_through_its_chain_of_parents() {
@@ -297,22 +281,7 @@ mod tests {
 
     #[test]
     fn anonymized_columns_take_their_method_and_the_key_is_bound() {
-        let c = Catalog::parse(
-            r#"
-            [databases.analytics]
-            url_env = "ANALYTICS_DATABASE_URL"
-            [[stores]]
-            name = "analytics"
-            table = "public.events"
-            database = "analytics"
-            user_column = "uid"
-            bot_column = "bot"
-            action = "anonymize"
-            anonymize = { uid = "hmac", ip = "null", agent = "redact" }
-            "#,
-            Source::BuiltIn,
-        )
-        .unwrap();
+        let c = Catalog::parse(ANALYTICS, Source::BuiltIn).unwrap();
         let RootSql::Anonymize(AnonymizeSql { batch, keyed }) = root(&c, 0) else {
             panic!("an anonymize store")
         };

@@ -19,6 +19,49 @@ fn refused(text: &str, expected: &str) {
     );
 }
 
+/// A chat platform's tree under quoted mixed-case names (the SQL tests use it too).
+pub(crate) const TREE: &str = r#"
+    [[stores]]
+    name = "conversations"
+    table = "chat.\"Conversations\""
+    user_column = "UserId"
+    bot_column = "bot_id"
+
+    [[stores]]
+    name = "attachments"
+    table = "chat.attachments"
+    parent = { store = "messages", column = "message_id", references = "id" }
+
+    [[stores]]
+    name = "messages"
+    table = "chat.\"Message Parts\""
+    parent = { store = "conversations", column = "conversation_id", references = "Id" }
+"#;
+
+/// An analytics store in a second database, kept but anonymized (the SQL tests use it too).
+pub(crate) const ANALYTICS: &str = r#"
+    [databases.analytics]
+    url_env = "ANALYTICS_DATABASE_URL"
+
+    [[stores]]
+    name = "analytics"
+    table = "public.events"
+    database = "analytics"
+    user_column = "uid"
+    bot_column = "bot"
+    action = "anonymize"
+    anonymize = { uid = "hmac", ip = "null", agent = "redact" }
+"#;
+
+/// Each edit of [`ROOT`] (`from` replaced by `to`) is refused with a problem containing
+/// `expected`.
+fn each_refused(edits: &[(&str, &str, &str)]) {
+    for (from, to, expected) in edits {
+        assert!(ROOT.contains(from), "{from:?} is not in ROOT");
+        refused(&ROOT.replace(from, to), expected);
+    }
+}
+
 const ROOT: &str = r#"
 [[stores]]
 name = "conversations"
@@ -40,36 +83,9 @@ fn the_built_in_catalog_is_the_three_stores_of_the_reference_model() {
 
 #[test]
 fn a_full_catalog_parses_with_children_ordered_after_their_parents() {
-    let text = r#"
-        [databases.analytics]
-        url_env = "ANALYTICS_DATABASE_URL"
-
-        [[stores]]
-        name = "attachments"
-        table = "chat.attachments"
-        parent = { store = "messages", column = "message_id", references = "id" }
-
-        [[stores]]
-        name = "messages"
-        table = "chat.\"Message Parts\""
-        parent = { store = "conversations", column = "conversation_id", references = "id" }
-
-        [[stores]]
-        name = "conversations"
-        table = "chat.conversations"
-        user_column = "user_id"
-        bot_column = "bot_id"
-
-        [[stores]]
-        name = "analytics"
-        table = "public.events"
-        database = "analytics"
-        user_column = "uid"
-        bot_column = "bot"
-        action = "anonymize"
-        anonymize = { uid = "hmac", ip = "null", agent = "redact" }
-    "#;
-    let c = Catalog::parse(text, Source::BuiltIn).unwrap();
+    // TOML allows the table of `databases` after stores: the analytics store comes last.
+    let text = format!("{TREE}\n{ANALYTICS}");
+    let c = Catalog::parse(&text, Source::BuiltIn).unwrap();
     let names: Vec<&str> = c.stores.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
         names,
@@ -108,37 +124,44 @@ fn store_names_are_checked_and_unique() {
 
 #[test]
 fn hostile_and_malformed_names_are_refused_naming_the_field() {
-    refused(
-        &ROOT.replace(
+    each_refused(&[
+        (
             "platform.conversations",
             "x\\\"; DROP TABLE platform.users; --",
+            "store \"conversations\": table: \"x\\\"; DROP TABLE platform.users; --\" opens a quote it does not close",
         ),
-        "store \"conversations\": table: \"x\\\"; DROP TABLE platform.users; --\" opens a quote it does not close",
-    );
-    refused(
-        &ROOT.replace("\"user_id\"", "\"x\\\"; DROP TABLE t; --\""),
-        "store \"conversations\": user_column: \"x\\\"; DROP TABLE t; --\" is not a name",
-    );
-    refused(
-        &ROOT.replace("\"user_id\"", "\"user id\""),
-        "store \"conversations\": user_column: \"user id\" is not a name",
-    );
-    refused(
-        &ROOT.replace("platform.conversations", "a.b.c"),
-        "table: \"a.b.c\" is not [schema.]table",
-    );
+        (
+            "\"user_id\"",
+            "\"x\\\"; DROP TABLE t; --\"",
+            "store \"conversations\": user_column: \"x\\\"; DROP TABLE t; --\" is not a name",
+        ),
+        (
+            "\"user_id\"",
+            "\"user id\"",
+            "store \"conversations\": user_column: \"user id\" is not a name",
+        ),
+        (
+            "platform.conversations",
+            "a.b.c",
+            "table: \"a.b.c\" is not [schema.]table",
+        ),
+    ]);
 }
 
 #[test]
 fn a_root_needs_both_key_columns() {
-    refused(
-        &ROOT.replace("bot_column = \"bot_id\"", ""),
-        "store \"conversations\": bot_column: required",
-    );
-    refused(
-        &ROOT.replace("user_column = \"user_id\"", ""),
-        "store \"conversations\": user_column: required",
-    );
+    each_refused(&[
+        (
+            "bot_column = \"bot_id\"",
+            "",
+            "store \"conversations\": bot_column: required",
+        ),
+        (
+            "user_column = \"user_id\"",
+            "",
+            "store \"conversations\": user_column: required",
+        ),
+    ]);
 }
 
 #[test]
@@ -148,36 +171,41 @@ fn children_are_checked() {
             "{ROOT}\n[[stores]]\nname = \"messages\"\ntable = \"chat.messages\"\n{extra}\nparent = {{ store = \"{parent}\", column = \"conversation_id\", references = \"id\" }}\n"
         )
     };
-    refused(
-        &child("nope", ""),
-        "store \"messages\": parent.store: no store is named \"nope\"",
-    );
-    refused(
-        &child("conversations", "user_column = \"user_id\""),
-        "store \"messages\": parent: a child store has no user_column",
-    );
-    refused(
-        &child("conversations", "database = \"analytics\"\n"),
-        "store \"messages\": database:",
-    );
-    refused(
-        &child(
+    for (parent, extra, expected) in [
+        (
+            "nope",
+            "",
+            "store \"messages\": parent.store: no store is named \"nope\"",
+        ),
+        (
+            "conversations",
+            "user_column = \"user_id\"",
+            "store \"messages\": parent: a child store has no user_column",
+        ),
+        (
+            "conversations",
+            "database = \"analytics\"\n",
+            "store \"messages\": database:",
+        ),
+        (
             "conversations",
             "action = \"anonymize\"\nanonymize = { x = \"null\" }",
+            "store \"messages\": action: a child store is deleted with its parent",
         ),
-        "store \"messages\": action: a child store is deleted with its parent",
-    );
-    let cycle = r#"
-        [[stores]]
-        name = "a"
-        table = "t.a"
-        parent = { store = "b", column = "b_id", references = "id" }
-        [[stores]]
-        name = "b"
-        table = "t.b"
-        parent = { store = "a", column = "a_id", references = "id" }
-    "#;
-    refused(cycle, "parents form a cycle");
+    ] {
+        refused(&child(parent, extra), expected);
+    }
+    // a's parent is b, b's parent is a.
+    let cycle: String = [("a", "b"), ("b", "a")]
+        .iter()
+        .map(|(name, parent)| {
+            format!(
+                "[[stores]]\nname = \"{name}\"\ntable = \"t.{name}\"\n\
+                 parent = {{ store = \"{parent}\", column = \"{parent}_id\", references = \"id\" }}\n"
+            )
+        })
+        .collect();
+    refused(&cycle, "parents form a cycle");
 }
 
 #[test]
@@ -203,26 +231,35 @@ fn anonymize_is_checked() {
             &format!("bot_column = \"bot_id\"\naction = \"{action}\"\n{columns}"),
         )
     };
-    refused(
-        &anon("anonymize", ""),
-        "store \"conversations\": anonymize: list the columns",
-    );
-    refused(
-        &anon("anonymize", "anonymize = { ip = \"null\" }"),
-        "anonymize: must overwrite the user column user_id",
-    );
-    refused(
-        &anon("anonymize", "anonymize = { user_id = \"scramble\" }"),
-        "anonymize.user_id: \"scramble\" is not",
-    );
-    refused(
-        &anon("delete", "anonymize = { user_id = \"hmac\" }"),
-        "anonymize: only a store with action = \"anonymize\"",
-    );
-    refused(
-        &anon("shred", ""),
-        "action: \"shred\" is not \"delete\" or \"anonymize\"",
-    );
+    for (action, columns, expected) in [
+        (
+            "anonymize",
+            "",
+            "store \"conversations\": anonymize: list the columns",
+        ),
+        (
+            "anonymize",
+            "anonymize = { ip = \"null\" }",
+            "anonymize: must overwrite the user column user_id",
+        ),
+        (
+            "anonymize",
+            "anonymize = { user_id = \"scramble\" }",
+            "anonymize.user_id: \"scramble\" is not",
+        ),
+        (
+            "delete",
+            "anonymize = { user_id = \"hmac\" }",
+            "anonymize: only a store with action = \"anonymize\"",
+        ),
+        (
+            "shred",
+            "",
+            "action: \"shred\" is not \"delete\" or \"anonymize\"",
+        ),
+    ] {
+        refused(&anon(action, columns), expected);
+    }
     let ok = Catalog::parse(
         &anon(
             "anonymize",

@@ -57,41 +57,32 @@ pub async fn seed(bench_pool: &PgPool, opts: &Options) -> anyhow::Result<()> {
         },
     )
     .await?;
-    for schema in [SCHEMA, FLOOR] {
-        sql(bench_pool, &tables(schema)).await?;
-    }
-    sql(
-        bench_pool,
-        &format!(
-            "INSERT INTO {SCHEMA}.conversations (bot_id, user_id)
-             SELECT 'st-c-' || b, 'u-c-' || u FROM generate_series(1, {users}) u,
-                    generate_series(1, {bots}) b, generate_series(1, {per}) k ORDER BY random();
-             INSERT INTO {SCHEMA}.messages (conversation_id)
-             SELECT id FROM {SCHEMA}.conversations, generate_series(1, {MESSAGES}) ORDER BY random();
-             INSERT INTO {SCHEMA}.attachments (message_id)
-             SELECT id FROM {SCHEMA}.messages, generate_series(1, {ATTACHMENTS}) ORDER BY random();",
-            bots = opts.child_bots,
-            per = opts.child_conversations,
-        ),
-    )
-    .await?;
+    let mut statements = vec![tables(SCHEMA), tables(FLOOR)];
+    statements.push(format!(
+        "INSERT INTO {SCHEMA}.conversations (bot_id, user_id)
+         SELECT 'st-c-' || b, 'u-c-' || u FROM generate_series(1, {users}) u,
+                generate_series(1, {bots}) b, generate_series(1, {per}) k ORDER BY random();
+         INSERT INTO {SCHEMA}.messages (conversation_id)
+         SELECT id FROM {SCHEMA}.conversations, generate_series(1, {MESSAGES}) ORDER BY random();
+         INSERT INTO {SCHEMA}.attachments (message_id)
+         SELECT id FROM {SCHEMA}.messages, generate_series(1, {ATTACHMENTS}) ORDER BY random();",
+        bots = opts.child_bots,
+        per = opts.child_conversations,
+    ));
     // The floor's copy: the same rows in the same physical order, the same keys and indexes.
     for t in ["conversations", "messages", "attachments"] {
-        sql(
-            bench_pool,
-            &format!("INSERT INTO {FLOOR}.{t} OVERRIDING SYSTEM VALUE SELECT * FROM {SCHEMA}.{t} ORDER BY ctid"),
-        )
-        .await?;
+        statements.push(format!(
+            "INSERT INTO {FLOOR}.{t} OVERRIDING SYSTEM VALUE SELECT * FROM {SCHEMA}.{t} ORDER BY ctid"
+        ));
     }
     for schema in [SCHEMA, FLOOR] {
-        sql(bench_pool, &indexes(schema)).await?;
-        sql(
-            bench_pool,
-            &format!(
-                "VACUUM ANALYZE {schema}.conversations, {schema}.messages, {schema}.attachments"
-            ),
-        )
-        .await?;
+        statements.push(indexes(schema));
+        statements.push(format!(
+            "VACUUM ANALYZE {schema}.conversations, {schema}.messages, {schema}.attachments"
+        ));
+    }
+    for statement in &statements {
+        sql(bench_pool, statement).await?;
     }
     Ok(())
 }
@@ -194,14 +185,6 @@ pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()>
     let run = erase_and_wait(bench, &token, &users, None).await?;
     workers.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
-    let floor_rps = floor_rows as f64 / floor_secs;
-    figures.set("child_users", users.len() as f64);
-    figures.set("child_rows_floor", floor_rows as f64);
-    figures.set("child_seconds_floor", floor_secs);
-    figures.set("child_rows_per_s_floor", floor_rps);
-    figures.set("child_rows_service", run.rows as f64);
-    figures.set("child_seconds_service", run.seconds);
-    figures.set("child_rows_per_s_service", run.rows_per_s());
-    figures.set("child_ratio", run.rows_per_s() / floor_rps);
+    run.against_floor(figures, "child", users.len(), (floor_rows, floor_secs));
     Ok(())
 }

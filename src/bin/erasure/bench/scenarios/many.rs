@@ -16,22 +16,14 @@ use super::{
     super::profile::{self, Cpu},
     small,
 };
-use super::{
-    BULK_ACCOUNT, Bench, Figures, Scenario, Workers, app_token, floor, metric_sum, step, warm_up,
-};
+use super::{BULK_ACCOUNT, Bench, Figures, Scenario, app_token, floor_then_service, metric_sum};
 
 pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()> {
     let opts = bench.opts;
     let token = app_token(bench, BULK_ACCOUNT).await?;
     let users = bench.bulk_set(many_set(bench));
-    step("many: plain-SQL floor");
-    floor::settle(&bench.pool, floor::FLOOR_SCHEMA, &users).await?;
-    let (floor_rows, floor_secs) = floor::delete(&bench.pool, &users).await?;
-
-    let workers = Workers::spawn(opts, opts.workers, &[]).await?;
-    step("many: through the service");
-    warm_up(bench, &token, opts.workers).await?;
-    floor::settle(&bench.pool, "platform", &users).await?;
+    let ((floor_rows, floor_secs), workers) =
+        floor_then_service(bench, &token, "many", &users).await?;
     let profiling = if opts.profile {
         Some(profile::Statements::start(&bench.pool, &opts.database_url).await?)
     } else {

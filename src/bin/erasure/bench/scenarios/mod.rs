@@ -59,6 +59,45 @@ impl Erased {
     fn rows_per_s(&self) -> f64 {
         self.rows as f64 / self.seconds
     }
+
+    /// Sets `{name}_…` figures: the users, the floor's and the service's rows, seconds and
+    /// rows/s, and the ratio of the two rates.
+    fn against_floor(&self, figures: &mut Figures, name: &str, users: usize, floor: (u64, f64)) {
+        let (floor_rows, floor_secs) = floor;
+        let floor_rps = floor_rows as f64 / floor_secs;
+        for (figure, value) in [
+            ("users", users as f64),
+            ("rows_floor", floor_rows as f64),
+            ("seconds_floor", floor_secs),
+            ("rows_per_s_floor", floor_rps),
+            ("rows_service", self.rows as f64),
+            ("seconds_service", self.seconds),
+            ("rows_per_s_service", self.rows_per_s()),
+            ("ratio", self.rows_per_s() / floor_rps),
+        ] {
+            figures.set(&format!("{name}_{figure}"), value);
+        }
+    }
+}
+
+/// The plain-SQL floor on the floor schema's copy of `users`' rows, then the service's
+/// workers started and warmed up, and the service's copy settled as the floor's was: the
+/// floor's (rows, seconds) and the workers.
+async fn floor_then_service(
+    bench: &Bench<'_>,
+    token: &str,
+    name: &str,
+    users: &[String],
+) -> anyhow::Result<((u64, f64), Workers)> {
+    let opts = bench.opts;
+    step(&format!("{name}: plain-SQL floor"));
+    floor::settle(&bench.pool, floor::FLOOR_SCHEMA, users).await?;
+    let floor = floor::delete(&bench.pool, users).await?;
+    let workers = Workers::spawn(opts, opts.workers, &[]).await?;
+    step(&format!("{name}: through the service"));
+    warm_up(bench, token, opts.workers).await?;
+    floor::settle(&bench.pool, "platform", users).await?;
+    Ok((floor, workers))
 }
 
 /// Puts the service where a long-running deployment is before a measured request: one
