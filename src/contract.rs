@@ -256,24 +256,14 @@ fn read_user_ids(
     errors: &mut Vec<FieldError>,
 ) -> Vec<UserEntry> {
     let field = "userIds";
-    let items = match v {
-        None | Some(Value::Null) => {
-            errors.push(FieldError::new(
-                "missing_field",
-                "userIds is required",
-                Some(field.into()),
-            ));
-            return Vec::new();
-        }
-        Some(Value::Array(items)) => items,
-        Some(_) => {
-            errors.push(FieldError::new(
-                "invalid_type",
-                "must be an array",
-                Some(field.into()),
-            ));
-            return Vec::new();
-        }
+    let Some(items) = array_field(
+        v,
+        field,
+        Some("userIds is required"),
+        "must be an array",
+        errors,
+    ) else {
+        return Vec::new();
     };
     let list = List {
         field,
@@ -392,6 +382,26 @@ fn read_channel_entry(
     })
 }
 
+/// The array a field holds, or `None` once the reason is recorded: not an array
+/// (`invalid_type`, `not_array`), or absent or null when `required` says why it may not be
+/// (`missing_field`); absent or null otherwise reads as an empty array.
+fn array_field<'v>(
+    v: Option<&'v Value>,
+    field: &str,
+    required: Option<&str>,
+    not_array: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<&'v [Value]> {
+    let (code, message) = match (v, required) {
+        (Some(Value::Array(items)), _) => return Some(items),
+        (None | Some(Value::Null), None) => return Some(&[]),
+        (None | Some(Value::Null), Some(why)) => ("missing_field", why),
+        (Some(_), _) => ("invalid_type", not_array),
+    };
+    errors.push(FieldError::new(code, message, Some(field.into())));
+    None
+}
+
 fn read_bot_ids(
     v: Option<&Value>,
     remove_all: bool,
@@ -399,17 +409,8 @@ fn read_bot_ids(
     errors: &mut Vec<FieldError>,
 ) -> Vec<BotId> {
     let field = "botIds";
-    let items = match v {
-        None | Some(Value::Null) => &Vec::new(),
-        Some(Value::Array(items)) => items,
-        Some(_) => {
-            errors.push(FieldError::new(
-                "invalid_type",
-                "must be an array of bot ids",
-                Some(field.into()),
-            ));
-            return Vec::new();
-        }
+    let Some(items) = array_field(v, field, None, "must be an array of bot ids", errors) else {
+        return Vec::new();
     };
     let list = List {
         field,

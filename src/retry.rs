@@ -83,6 +83,15 @@ pub fn reconnect_delays() -> impl Iterator<Item = Duration> {
         .build()
 }
 
+/// Up to 8 attempts from `first` apart, doubling to at most 5 s, jittered.
+fn eight_attempts(first: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(first)
+        .with_max_delay(Duration::from_secs(5))
+        .with_max_times(8)
+        .with_jitter()
+}
+
 /// Runs `op` again (it connects to the next node that answers) while it fails because its
 /// broker connection was lost or no node answered: up to 8 attempts over about half a minute,
 /// enough for a cluster to elect new leaders or a node to come back. For the commands
@@ -92,14 +101,8 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
-    op.retry(
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(5))
-            .with_max_times(8)
-            .with_jitter(),
-    )
-    .when(crate::queue::connection_lost)
+    op.retry(eight_attempts(Duration::from_millis(200)))
+        .when(crate::queue::connection_lost)
     .notify(|e, wait| tracing::warn!(operation = what, error = %e, retry_in_ms = wait.as_millis() as u64, "broker connection lost; retrying"))
     .await
 }
@@ -111,12 +114,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
-    op.retry(
-        ExponentialBuilder::default()
-            .with_max_times(8)
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter(),
-    )
-    .notify(|e, wait| tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "{what} not ready"))
+    op.retry(eight_attempts(Duration::from_secs(1)))
+        .notify(|e, wait| tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "{what} not ready"))
     .await
 }

@@ -108,6 +108,12 @@ mod tests {
         Tie::Bot { role: role.into() }
     }
 
+    /// The decision's outcomes, one per entry, and the users it erases.
+    fn assert_decided(d: &Decision, outcomes: &[UserOutcome], erase: &[&str], why: &str) {
+        assert_eq!(d.outcomes, outcomes, "{why}");
+        assert_eq!(d.erase, users(erase), "{why}");
+    }
+
     fn protected(ties: &[(&str, Tie)]) -> Protections {
         ties.iter()
             .map(|(u, t)| (PlatformUserId::from(*u), t.clone()))
@@ -161,29 +167,23 @@ mod tests {
     fn an_entry_with_one_protected_user_is_rejected_whole_and_keeps_its_other_users() {
         let p = protected(&[("u-2", account("owner"))]);
         let d = decide(&[users(&["u-1", "u-2"]), users(&["u-3"])], &p);
-        assert_eq!(
-            d.outcomes,
-            [UserOutcome::Rejected(AccountOwner), UserOutcome::InProgress]
-        );
-        assert_eq!(
-            d.erase,
-            users(&["u-3"]),
-            "u-1 is kept: its entry also named a protected user"
-        );
+        let outcomes = [UserOutcome::Rejected(AccountOwner), UserOutcome::InProgress];
+        let why = "u-1 is kept: its entry also named a protected user";
+        assert_decided(&d, &outcomes, &["u-3"], why);
     }
 
     #[test]
     fn a_user_named_by_two_entries_is_erased_only_if_neither_is_rejected() {
-        let p = protected(&[("u-9", bot("owner"))]);
-        let d = decide(&[users(&["u-1", "u-9"]), users(&["u-1"])], &p);
-        assert_eq!(
-            d.outcomes,
-            [UserOutcome::Rejected(BotOwner), UserOutcome::InProgress]
+        let d = decide(
+            &[users(&["u-1", "u-9"]), users(&["u-1"])],
+            &protected(&[("u-9", bot("owner"))]),
         );
-        assert_eq!(
-            d.erase,
-            users(&["u-1"]),
-            "the second entry asks for u-1 on its own"
+        let outcomes = [UserOutcome::Rejected(BotOwner), UserOutcome::InProgress];
+        assert_decided(
+            &d,
+            &outcomes,
+            &["u-1"],
+            "the second entry asks for u-1 alone",
         );
     }
 }

@@ -88,40 +88,27 @@ pub struct Family {
     pub series: fn(&Catalog) -> Vec<Labels>,
 }
 
-const fn family(
-    kind: Kind,
-    name: &'static str,
-    help: &'static str,
-    series: fn(&Catalog) -> Vec<Labels>,
-) -> Family {
-    Family {
-        name,
-        kind,
-        help,
-        series,
+impl Kind {
+    /// A family of this kind.
+    const fn family(
+        self,
+        name: &'static str,
+        help: &'static str,
+        series: fn(&Catalog) -> Vec<Labels>,
+    ) -> Family {
+        Family {
+            name,
+            kind: self,
+            help,
+            series,
+        }
     }
-}
-
-const fn counter(
-    name: &'static str,
-    help: &'static str,
-    series: fn(&Catalog) -> Vec<Labels>,
-) -> Family {
-    family(Kind::Counter, name, help, series)
-}
-
-const fn histogram(
-    name: &'static str,
-    help: &'static str,
-    series: fn(&Catalog) -> Vec<Labels>,
-) -> Family {
-    family(Kind::Histogram, name, help, series)
 }
 
 /// A gauge appears when first set, never before: its zero would be a claim, not the absence
 /// of events (`erasure_consumer_up` 0 reads "detached" on an intake that runs no consumer).
 const fn gauge(name: &'static str, help: &'static str) -> Family {
-    family(Kind::Gauge, name, help, |_| Vec::new())
+    Kind::Gauge.family(name, help, |_| Vec::new())
 }
 
 fn unlabelled(_: &Catalog) -> Vec<Labels> {
@@ -162,7 +149,7 @@ fn kinds(_: &Catalog) -> Vec<Labels> {
 /// Every metric family the service records, each with the label values the code draws its
 /// labels from. A new metric is one more line here.
 pub const FAMILIES: &[Family] = &[
-    counter(
+    Kind::Counter.family(
         "erasure_intake_requests_total",
         "Erase calls at the intake by outcome (accepted, replayed, refused) and refusal reason",
         |_| {
@@ -176,47 +163,47 @@ pub const FAMILIES: &[Family] = &[
                 .collect()
         },
     ),
-    histogram(
+    Kind::Histogram.family(
         "erasure_intake_seconds",
         "Time to answer an erase call",
         unlabelled,
     ),
-    counter(
+    Kind::Counter.family(
         "erasure_requests_finished_total",
         "Requests settled, by final status (completed, rejected, failed)",
         settled,
     ),
-    histogram(
+    Kind::Histogram.family(
         "erasure_request_duration_seconds",
         "Time from a request's creation to its settling, by final status",
         settled,
     ),
-    counter(
+    Kind::Counter.family(
         "erasure_tasks_planned_total",
         "Per-bot tasks created by planning",
         unlabelled,
     ),
-    counter(
+    Kind::Counter.family(
         "erasure_tasks_started_total",
         "Tasks whose first slice began",
         unlabelled,
     ),
-    counter(
+    Kind::Counter.family(
         "erasure_tasks_completed_total",
         "Tasks drained and counted done",
         unlabelled,
     ),
-    counter(
+    Kind::Counter.family(
         "erasure_handed_back_total",
         "Deliveries handed back (republished) after a transient error, by kind (plan, task)",
         kinds,
     ),
-    counter(
+    Kind::Counter.family(
         "erasure_redeliveries_total",
         "Deliveries the broker had delivered before (x-delivery-count above 0), by queue: a burst follows a lost connection or node",
         |_| each("queue", Consumer::ALL.iter().map(|c| c.label())),
     ),
-    counter(
+    Kind::Counter.family(
         "erasure_job_steps_total",
         "Deliveries handled, by kind (plan, task) and step (planned, settled_at_planning, duplicate, drained, continued, stale)",
         |_| {
@@ -228,37 +215,37 @@ pub const FAMILIES: &[Family] = &[
                 .collect()
         },
     ),
-    histogram(
+    Kind::Histogram.family(
         "erasure_job_group_messages",
         "Messages worked together by one delivery round of a consumer (ERASURE_COALESCE at most), by kind (plan, task)",
         kinds,
     ),
-    counter(
+    Kind::Counter.family(
         "erasure_dead_lettered_total",
         "Messages moved to the dead-letter queue, by kind (plan, task)",
         kinds,
     ),
-    counter(
+    Kind::Counter.family(
         "erasure_poison_messages_total",
         "Messages that could not be parsed, by kind (plan, task)",
         kinds,
     ),
-    counter(
+    Kind::Counter.family(
         "erasure_rows_deleted_total",
         "Platform rows deleted, by store",
         |c| stores(c, DELETE),
     ),
-    counter(
+    Kind::Counter.family(
         "erasure_rows_anonymized_total",
         "Platform rows kept but anonymized, by store",
         |c| stores(c, ANONYMIZE),
     ),
-    counter(
+    Kind::Counter.family(
         "erasure_late_rows_total",
         "Rows written after a request's last batch, found and erased by its verification, by store",
         |c| each("store", c.stores.iter().map(|s| s.name.clone())),
     ),
-    histogram(
+    Kind::Histogram.family(
         "erasure_delete_batch_seconds",
         "Duration of one batch delete statement, by store",
         roots,
@@ -267,7 +254,7 @@ pub const FAMILIES: &[Family] = &[
         "erasure_delete_batch_max_seconds",
         "Longest single batch delete statement this process has run",
     ),
-    histogram(
+    Kind::Histogram.family(
         "erasure_task_slice_seconds",
         "Duration of one task delivery (a slice)",
         unlabelled,
@@ -276,7 +263,7 @@ pub const FAMILIES: &[Family] = &[
         "erasure_outbox_backlog",
         "Messages committed but not yet confirmed by the broker",
     ),
-    counter(
+    Kind::Counter.family(
         "erasure_outbox_relayed_total",
         "Messages published by the outbox relay (not by the fast path)",
         unlabelled,
@@ -285,12 +272,12 @@ pub const FAMILIES: &[Family] = &[
         "erasure_consumer_up",
         "1 while the consumer of a queue is attached",
     ),
-    counter(
+    Kind::Counter.family(
         "erasure_consumer_reconnects_total",
         "Consumer reconnections after a lost connection",
         |_| each("queue", Consumer::ALL.iter().map(|c| c.label())),
     ),
-    counter(
+    Kind::Counter.family(
         "erasure_db_retries_total",
         "Database operations retried after a transient error",
         |_| each("operation", retry::Operation::ALL.iter().map(|o| o.label())),

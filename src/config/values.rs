@@ -3,6 +3,18 @@
 
 use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
+/// A newtype over a `String` that reads as the `str` it holds.
+macro_rules! derefs_to_str {
+    ($t:ty) => {
+        impl std::ops::Deref for $t {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
 /// A setting's value: how it is shown by `erasure config`, and whether it is kept out of
 /// errors and the ConfigMap.
 pub trait Value {
@@ -77,12 +89,7 @@ impl Value for Secret {
 #[derive(Clone, PartialEq, Eq)]
 pub struct CredentialUrl(String);
 
-impl std::ops::Deref for CredentialUrl {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
+derefs_to_str!(CredentialUrl);
 
 impl Value for CredentialUrl {
     const SENSITIVE: bool = true;
@@ -124,12 +131,7 @@ impl Value for AmqpUrls {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QueuePrefix(String);
 
-impl std::ops::Deref for QueuePrefix {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
+derefs_to_str!(QueuePrefix);
 
 impl Value for QueuePrefix {
     fn show(&self) -> String {

@@ -99,14 +99,7 @@ async fn move_dead_letters(
     limit: usize,
     moved: &AtomicUsize,
 ) -> anyhow::Result<()> {
-    let (conn, node) = brokers
-        .connect(from.load(Ordering::SeqCst), "redrive")
-        .await?;
-    // Should this connection be lost, the next attempt starts with the node after it.
-    from.store(brokers.after(node), Ordering::SeqCst);
-    let result = async {
-        topology.ensure(&conn).await?;
-        let ch = conn.create_channel().await?;
+    on_channel(brokers, from, "redrive", topology, async |ch| {
         while moved.load(Ordering::SeqCst) < limit {
             let Some(msg) = ch
                 .basic_get(
@@ -119,7 +112,27 @@ async fn move_dead_letters(
             };
             move_one(pool, publisher, topology, msg, moved).await?;
         }
-        anyhow::Ok(())
+        Ok(())
+    })
+    .await
+}
+
+/// Connects to the first node that answers from `from` (the next attempt, should this
+/// connection be lost, starts with the node after it), declares the topology and runs `work`
+/// on a channel; the connection is closed however `work` ends.
+async fn on_channel<T>(
+    brokers: &Brokers,
+    from: &AtomicUsize,
+    name: &str,
+    topology: &Topology,
+    work: impl AsyncFnOnce(&lapin::Channel) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let (conn, node) = brokers.connect(from.load(Ordering::SeqCst), name).await?;
+    from.store(brokers.after(node), Ordering::SeqCst);
+    let result = async {
+        topology.ensure(&conn).await?;
+        let ch = conn.create_channel().await?;
+        work(&ch).await
     }
     .await;
     super::close(&conn, "done").await;
@@ -191,13 +204,7 @@ async fn stats_once(
     from: &AtomicUsize,
     topology: &Topology,
 ) -> anyhow::Result<Vec<(String, u32, u32)>> {
-    let (conn, node) = brokers
-        .connect(from.load(Ordering::SeqCst), "stats")
-        .await?;
-    from.store(brokers.after(node), Ordering::SeqCst);
-    let result = async {
-        topology.ensure(&conn).await?;
-        let ch = conn.create_channel().await?;
+    on_channel(brokers, from, "stats", topology, async |ch| {
         let mut out = Vec::new();
         for (queue, _) in topology.queues() {
             let q = ch
@@ -212,9 +219,7 @@ async fn stats_once(
                 .await?;
             out.push((queue, q.message_count(), q.consumer_count()));
         }
-        anyhow::Ok(out)
-    }
-    .await;
-    super::close(&conn, "done").await;
-    result
+        Ok(out)
+    })
+    .await
 }
