@@ -75,7 +75,7 @@ impl Erased {
             ("rows_per_s_service", self.rows_per_s()),
             ("ratio", self.rows_per_s() / floor_rps),
         ] {
-            figures.set(&format!("{name}_{figure}"), value);
+            figures.set(format!("{name}_{figure}"), value);
         }
     }
 }
