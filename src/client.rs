@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::{
     contract::{Accepted, StatusDocument},
-    intake::{ERASE_PATH, JWKS_PATH, RECEIPT_PATH, STATUS_PATH},
+    intake::{ERASE_PATH, JWKS_PATH, RECEIPT_PATH, CANCEL_PATH, STATUS_PATH},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +73,17 @@ impl Client {
     /// `GET /api/public/bot/eraseUsersData/{requestId}/receipt`: `200` and the signed receipt.
     pub fn receipt(&self, token: &str, request_id: &str) -> Call<Jose> {
         self.get_of_request(RECEIPT_PATH, token, request_id)
+    }
+
+    /// `POST /api/public/bot/eraseUsersData/{requestId}/cancel`: `200` and the status document.
+    pub fn cancel(&self, token: &str, request_id: &str) -> Call<StatusDocument> {
+        let path = CANCEL_PATH.replace("{request_id}", &path_segment(request_id));
+        Call::new(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .header("auth", token),
+            StatusCode::OK,
+        )
     }
 
     /// An authenticated `GET` of `template` naming one request, `200` on success.

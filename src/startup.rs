@@ -21,7 +21,7 @@ use crate::{
         consumer::{self, ConsumerSpec},
         publisher::Publisher,
     },
-    receipt, relay, retention, retry, store, telemetry, verify,
+    callback, receipt, relay, retention, retry, store, telemetry, verify,
     worker::{Ctx, job::Runner, plan::PlanJob, task::TaskJob},
 };
 
@@ -112,6 +112,8 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
     let tracker = TaskTracker::new();
 
     let consumers = if role.worker() {
+        let deliverer = callback::Deliverer::new(&config, pool.clone(), targets.catalog.clone())?;
+        tracker.spawn(callback::deliver::run(Arc::new(deliverer), cancel.clone()));
         spawn_workers(&config, &targets, &publisher, &topology, &tracker, &cancel).await
     } else {
         Vec::new()

@@ -39,6 +39,10 @@ pub enum AuthError {
     NotYetValid,
     #[error("the app lacks the scope delete_users_data")]
     Scope,
+    #[error("this app's tokens must carry jti, iat and exp")]
+    JtiRequired,
+    #[error("this token was already used")]
+    Replayed,
     #[error("authentication is unavailable: {0}")]
     Unavailable(String),
 }
@@ -122,7 +126,7 @@ pub async fn authenticate(pool: &PgPool, secret_key: &[u8], token: &str) -> Resu
     validation.validate_nbf = true;
     validation.validate_aud = false;
     validation.leeway = 30;
-    jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).map_err(|e| {
+    let verified = jsonwebtoken::decode::<SingleUse>(token, &key, &validation).map_err(|e| {
         match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
             jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
@@ -133,7 +137,48 @@ pub async fn authenticate(pool: &PgPool, secret_key: &[u8], token: &str) -> Resu
     if !app.scopes.iter().any(|s| s == SCOPE) {
         return Err(AuthError::Scope);
     }
+    if app.enforce_jti {
+        use_once(pool, &app.client_id, &verified.claims).await?;
+    }
     Ok(app)
+}
+
+/// Longest `jti` of a single-use token, in bytes.
+pub const MAX_JTI_BYTES: usize = 128;
+/// Longest life (`exp - iat`) of a single-use token, in seconds.
+pub const MAX_SINGLE_USE_SECONDS: i64 = 3600;
+
+/// The claims that make a token single-use (DESIGN.md section 10).
+#[derive(Deserialize)]
+struct SingleUse {
+    jti: Option<serde_json::Value>,
+    iat: Option<serde_json::Value>,
+    exp: Option<serde_json::Value>,
+}
+
+/// Records the first use of a single-use token of an app with `--enforce-jti`: refused
+/// without a usable `jti`, `iat` and `exp` (`JtiRequired`), or when used before (`Replayed`).
+/// One indexed insert, shared by every intake replica.
+async fn use_once(pool: &PgPool, client_id: &str, claims: &SingleUse) -> Result<(), AuthError> {
+    let jti = match &claims.jti {
+        Some(serde_json::Value::String(j)) if !j.is_empty() && j.len() <= MAX_JTI_BYTES => j,
+        _ => return Err(AuthError::JtiRequired),
+    };
+    let (Some(iat), Some(exp)) = (
+        claims.iat.as_ref().and_then(serde_json::Value::as_i64),
+        claims.exp.as_ref().and_then(serde_json::Value::as_i64),
+    ) else {
+        return Err(AuthError::JtiRequired);
+    };
+    if exp < iat || exp - iat > MAX_SINGLE_USE_SECONDS {
+        return Err(AuthError::JtiRequired);
+    }
+    let expires_at = chrono::DateTime::from_timestamp(exp, 0).ok_or(AuthError::JtiRequired)?;
+    match store::jtis::use_once(pool, client_id, jti, expires_at).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(AuthError::Replayed),
+        Err(e) => Err(AuthError::Unavailable(store::describe(&e))),
+    }
 }
 
 /// Mints a token for an app (the `erasure token` command and tests).
@@ -146,9 +191,23 @@ pub fn mint_hs256(
     if let Some(ttl) = ttl_seconds {
         claims["exp"] = (chrono::Utc::now().timestamp() + ttl).into();
     }
+    sign_hs256(&claims, secret)
+}
+
+/// Mints a single-use token: a fresh `jti`, `iat` now and `exp` after `ttl_seconds` (for apps
+/// with `--enforce-jti`; `erasure token --jti`).
+pub fn mint_single_use(client_id: &str, secret: &str, ttl_seconds: i64) -> anyhow::Result<String> {
+    let now = chrono::Utc::now().timestamp();
+    let claims = serde_json::json!({"appId": client_id, "sub": client_id, "iat": now,
+                                    "exp": now + ttl_seconds, "jti": uuid::Uuid::new_v4().to_string()});
+    sign_hs256(&claims, secret)
+}
+
+/// Signs any claims with HS256 and the app's secret.
+pub fn sign_hs256(claims: &serde_json::Value, secret: &str) -> anyhow::Result<String> {
     Ok(jsonwebtoken::encode(
         &jsonwebtoken::Header::new(Algorithm::HS256),
-        &claims,
+        claims,
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())?,
     )?)
 }

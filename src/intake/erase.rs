@@ -20,6 +20,7 @@ use super::{
     extract::{Authenticated, IdempotencyKey},
 };
 use crate::{
+    callback::ssrf,
     contract::{self, ERASE_ROUTING_KEY, EraseMessage, EraseRequest, FieldError, RequestId},
     domain::{AccountId, BotId, RequestStatus},
     secrets,
@@ -51,7 +52,9 @@ pub(super) async fn erase(
     request: Request,
 ) -> Result<Accepted, IntakeError> {
     let body = read_body(request, state.config.http.max_body_bytes).await?;
-    let erase = contract::parse_erase_body(&body, &state.limits).map_err(IntakeError::Invalid)?;
+    let mut erase =
+        contract::parse_erase_body(&body, &state.limits).map_err(IntakeError::Invalid)?;
+    check_callback(&state, &app, &mut erase)?;
     let IdempotencyKey(key) = key?;
     let digest = secrets::body_digest(&body);
     if let Some(key) = &key
@@ -61,6 +64,29 @@ pub(super) async fn erase(
     }
     check_bots(&state, &app, &erase).await?;
     record(&state, &app, peer, erase, key, digest).await
+}
+
+/// The request's callback URL, the body's or else the app's default, checked against the SSRF
+/// rules (DESIGN.md section 10); the app must have a webhook secret to sign it with.
+fn check_callback(
+    state: &IntakeState,
+    app: &App,
+    erase: &mut EraseRequest,
+) -> Result<(), IntakeError> {
+    if erase.callback_url.is_none() {
+        erase.callback_url = app.callback_url.clone();
+    }
+    let Some(url) = &erase.callback_url else {
+        return Ok(());
+    };
+    let allow = ssrf::AllowList(state.config.callback.allow_hosts.clone());
+    ssrf::check_url(url, &allow).map_err(|e| IntakeError::InvalidCallbackUrl(e.to_string()))?;
+    if !app.has_webhook_secret {
+        return Err(IntakeError::InvalidCallbackUrl(
+            "this app has no webhook secret to sign callbacks with (erasure app rotate-webhook-secret)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The 202 answer: a request just recorded, or the first answer to a retried call.

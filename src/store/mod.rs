@@ -5,6 +5,8 @@
 //! statement or transaction, and the arrows that settle a request count it in the metrics.
 
 pub mod apps;
+pub mod callbacks;
+pub mod jtis;
 pub mod dead_letters;
 pub mod outbox;
 pub mod pace;

@@ -203,12 +203,17 @@ impl TestEnv {
         let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
         apps::insert(
             &self.pool,
-            &client_id,
-            &account.into(),
-            &scopes,
-            "HS256",
-            Some(&sealed),
-            None,
+            &apps::NewApp {
+                client_id: &client_id,
+                account_id: &account.into(),
+                scopes: &scopes,
+                algorithm: "HS256",
+                secret_sealed: Some(&sealed),
+                public_key_pem: None,
+                webhook_secret_sealed: None,
+                callback_url: None,
+                enforce_jti: false,
+            },
         )
         .await
         .unwrap();
