@@ -299,6 +299,14 @@ states!(
     }
 );
 
+impl TaskStatus {
+    /// Whether the task still has work to do: neither `done` nor `cancelled` (a `failed` one
+    /// runs again when its message is redriven).
+    pub fn is_open(self) -> bool {
+        !matches!(self, Self::Done | Self::Cancelled)
+    }
+}
+
 states!(
     /// A `userIds` entry's state, as the status document spells it (diagram above).
     UserStatus as "user status" {

@@ -350,6 +350,26 @@ pub(super) async fn fail(
         }))
 }
 
+/// Holds the rows of `ids` `FOR SHARE` in a batch's transaction (on `conn`) while they are
+/// in `status` (`in-progress` for a task's batch): `false` when any is not (cancelled, or
+/// settled otherwise), and then the batch must delete nothing. The cancel arrow's row lock waits for the batch to commit, and a
+/// batch that starts after a cancel commits sees it: no batch starts after a cancel.
+pub async fn hold_while(
+    conn: &mut sqlx::PgConnection,
+    ids: &[&RequestId],
+    status: RequestStatus,
+) -> Result<bool, sqlx::Error> {
+    let held: Vec<RequestId> = sqlx::query_scalar(
+        "SELECT request_id FROM erasure.requests
+          WHERE request_id = ANY($1) AND status = $2 FOR SHARE",
+    )
+    .bind(ids)
+    .bind(status)
+    .fetch_all(conn)
+    .await?;
+    Ok(ids.iter().all(|id| held.iter().any(|h| h == *id)))
+}
+
 /// What a cancel found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cancel {
