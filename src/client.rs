@@ -16,6 +16,12 @@ use crate::{
     intake::{ERASE_PATH, JWKS_PATH, RECEIPT_PATH, CANCEL_PATH, STATUS_PATH},
 };
 
+/// Installs the process's TLS provider (rustls with ring, as the broker and database
+/// connections use) once; every HTTP client of the process needs it before it is built.
+pub fn install_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("calling the intake: {0}")]
@@ -38,6 +44,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str) -> Self {
+        install_tls();
         Self::with_http(base, reqwest::Client::new())
     }
 

@@ -81,6 +81,7 @@ crate::telemetry::label_values! {
 }
 
 pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
+    crate::client::install_tls();
     let metrics = telemetry::metrics();
     let pool = retry::until_ready("database", || {
         store::connect_and_migrate(

@@ -30,7 +30,7 @@ use crate::{
 /// How long one attempt may take (DESIGN.md section 10).
 pub const TIMEOUT: Duration = Duration::from_secs(15);
 /// A claim's lease: longer than an attempt, so that only a dead process's claims come back.
-const LEASE: Duration = Duration::from_secs(60);
+const LEASE: Duration = Duration::from_secs(20);
 /// How often the loop looks for due callbacks, and how many it sends at once.
 const POLL: Duration = Duration::from_millis(500);
 const BATCH: i64 = 16;

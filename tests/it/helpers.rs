@@ -45,6 +45,7 @@ impl TestEnv {
     }
 
     async fn create(vars: &[(&str, &str)], migrated: bool) -> Self {
+        erasure::client::install_tls();
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("erasure_test_{}", &id[..16]);
         let db_url = format!("{PG_BASE}/{db_name}");
@@ -343,7 +344,10 @@ impl Api {
     pub fn new(running: &Running) -> Self {
         Self {
             base: format!("http://{}", running.http_addr),
-            http: reqwest::Client::new(),
+            http: {
+                erasure::client::install_tls();
+                reqwest::Client::new()
+            },
         }
     }
 
