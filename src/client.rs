@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::{
     contract::{Accepted, StatusDocument},
-    intake::{ERASE_PATH, JWKS_PATH, RECEIPT_PATH, CANCEL_PATH, STATUS_PATH},
+    intake::{CANCEL_PATH, ERASE_PATH, JWKS_PATH, RECEIPT_PATH, STATUS_PATH},
 };
 
 /// Installs the process's TLS provider (rustls with ring, as the broker and database

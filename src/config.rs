@@ -9,8 +9,8 @@ mod values;
 
 pub use values::{AmqpUrls, CredentialUrl, LogFormat, QueuePrefix, Secret, Value};
 use values::{
-    amqp_urls, delay_list, duration, host_list, int, log_filter, log_format, millis, optional_path, path_list,
-    postgres_url, queue_prefix, seconds, secret, socket_addr, text,
+    amqp_urls, delay_list, duration, host_list, int, log_filter, log_format, millis, optional_path,
+    path_list, postgres_url, queue_prefix, seconds, secret, socket_addr, text,
 };
 
 /// A configuration value that could not be used, naming the variable.

@@ -11,6 +11,7 @@ use anyhow::Context;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    callback,
     catalog::CatalogError,
     config::Config,
     contract::Limits,
@@ -21,7 +22,7 @@ use crate::{
         consumer::{self, ConsumerSpec},
         publisher::Publisher,
     },
-    callback, receipt, relay, retention, retry, store, telemetry, verify,
+    receipt, relay, retention, retry, store, telemetry, verify,
     worker::{Ctx, job::Runner, plan::PlanJob, task::TaskJob},
 };
 

@@ -17,7 +17,6 @@ use super::{
 use crate::{
     catalog::Catalog,
     config::Config,
-
     domain::UserStatus,
     retry, secrets,
     store::{
@@ -79,7 +78,11 @@ impl Deliverer {
             }
         };
         metrics::counter!("erasure_callbacks_total", "outcome" => attempt.label()).increment(1);
-        tracing::info!(outcome = attempt.label(), attempt = c.attempts, "callback attempted");
+        tracing::info!(
+            outcome = attempt.label(),
+            attempt = c.attempts,
+            "callback attempted"
+        );
         if let Err(e) = callbacks::record(&self.pool, &c.webhook_id, attempt).await {
             // The lease runs out and the callback is attempted again: at least once.
             tracing::warn!(error = %store::describe(&e), "callback attempt not recorded");
@@ -222,4 +225,3 @@ pub async fn run(deliverer: Arc<Deliverer>, cancel: CancellationToken) {
         }
     }
 }
-

@@ -69,13 +69,28 @@ mod tests {
         let body = br#"{"test": 2432232314}"#;
         let sig = signature(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body);
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
-        assert!(verify(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body, &sig));
-        assert!(!verify(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265331, body, &sig));
+        assert!(verify(
+            &key,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            body,
+            &sig
+        ));
+        assert!(!verify(
+            &key,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265331,
+            body,
+            &sig
+        ));
     }
 
     #[test]
     fn two_keys_sign_twice_and_either_verifies() {
-        let (a, b) = (key_of(&new_secret()).unwrap(), key_of(&new_secret()).unwrap());
+        let (a, b) = (
+            key_of(&new_secret()).unwrap(),
+            key_of(&new_secret()).unwrap(),
+        );
         let h = header(&[a.clone(), b.clone()], "msg_1", 5, b"{}");
         assert_eq!(h.split(' ').count(), 2);
         assert!(verify(&a, "msg_1", 5, b"{}", &h) && verify(&b, "msg_1", 5, b"{}", &h));

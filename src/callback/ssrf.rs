@@ -61,7 +61,10 @@ pub fn check_url(raw: &str, allow: &AllowList) -> Result<Url, UrlRefused> {
         return Err(UrlRefused::Malformed);
     }
     let url = Url::parse(raw).map_err(|_| UrlRefused::Malformed)?;
-    let host = url.host_str().filter(|h| !h.is_empty()).ok_or(UrlRefused::Malformed)?;
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or(UrlRefused::Malformed)?;
     let port = url.port_or_known_default().ok_or(UrlRefused::Malformed)?;
     let allowed = allow.allows(host, port);
     match url.scheme() {
@@ -132,13 +135,10 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
 /// (`::a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`) or 6to4 (`2002:aabb:ccdd::`).
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = ip.segments();
-    let low = Ipv4Addr::new(
-        (s[6] >> 8) as u8,
-        s[6] as u8,
-        (s[7] >> 8) as u8,
-        s[7] as u8,
-    );
-    if s[..5] == [0; 5] && (s[5] == 0xffff || (s[5] == 0 && !ip.is_loopback() && !ip.is_unspecified())) {
+    let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    if s[..5] == [0; 5]
+        && (s[5] == 0xffff || (s[5] == 0 && !ip.is_loopback() && !ip.is_unspecified()))
+    {
         return Some(low);
     }
     if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
@@ -194,19 +194,52 @@ mod tests {
     #[test]
     fn special_addresses_are_forbidden_and_public_ones_are_not() {
         for bad in [
-            "127.0.0.1", "127.8.9.10", "0.0.0.0", "0.1.2.3", "10.1.2.3", "172.16.0.1",
-            "172.31.255.255", "192.168.1.1", "169.254.169.254", "169.254.0.1", "100.64.0.1",
-            "100.127.255.254", "255.255.255.255", "224.0.0.1", "240.0.0.1", "192.0.0.8",
-            "198.18.0.1", "::", "::1", "fd00:ec2::254", "fc00::1", "fe80::1", "fec0::1",
-            "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254",
-            "::127.0.0.1", "64:ff9b::10.0.0.1", "2002:7f00:0001::", "2001:0:4136:e378::1",
+            "127.0.0.1",
+            "127.8.9.10",
+            "0.0.0.0",
+            "0.1.2.3",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "169.254.0.1",
+            "100.64.0.1",
+            "100.127.255.254",
+            "255.255.255.255",
+            "224.0.0.1",
+            "240.0.0.1",
+            "192.0.0.8",
+            "198.18.0.1",
+            "::",
+            "::1",
+            "fd00:ec2::254",
+            "fc00::1",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "64:ff9b::10.0.0.1",
+            "2002:7f00:0001::",
+            "2001:0:4136:e378::1",
             "2001:db8::1",
         ] {
             assert!(forbidden(ip(bad)), "{bad} is forbidden");
         }
         for good in [
-            "8.8.8.8", "1.1.1.1", "100.63.255.255", "100.128.0.1", "172.32.0.1", "172.15.0.1",
-            "169.253.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::8.8.8.8",
+            "8.8.8.8",
+            "1.1.1.1",
+            "100.63.255.255",
+            "100.128.0.1",
+            "172.32.0.1",
+            "172.15.0.1",
+            "169.253.1.1",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::8.8.8.8",
             "2002:0808:0808::",
         ] {
             assert!(!forbidden(ip(good)), "{good} is allowed");
@@ -217,20 +250,44 @@ mod tests {
     fn urls_are_https_unless_allow_listed_and_literals_are_checked() {
         let none = AllowList::default();
         assert!(check_url("https://hooks.example.com/x", &none).is_ok());
-        assert_eq!(check_url("http://hooks.example.com/x", &none), Err(UrlRefused::NotHttps));
-        assert_eq!(check_url("ftp://hooks.example.com/x", &none), Err(UrlRefused::NotHttps));
-        assert_eq!(check_url("https://127.0.0.1/x", &none), Err(UrlRefused::Address));
-        assert_eq!(check_url("https://[::1]/x", &none), Err(UrlRefused::Address));
-        assert_eq!(check_url("https://[::ffff:7f00:1]/x", &none), Err(UrlRefused::Address));
-        assert_eq!(check_url("https://169.254.169.254/", &none), Err(UrlRefused::Address));
-        assert_eq!(check_url("https://u:p@example.com/", &none), Err(UrlRefused::Credentials));
+        assert_eq!(
+            check_url("http://hooks.example.com/x", &none),
+            Err(UrlRefused::NotHttps)
+        );
+        assert_eq!(
+            check_url("ftp://hooks.example.com/x", &none),
+            Err(UrlRefused::NotHttps)
+        );
+        assert_eq!(
+            check_url("https://127.0.0.1/x", &none),
+            Err(UrlRefused::Address)
+        );
+        assert_eq!(
+            check_url("https://[::1]/x", &none),
+            Err(UrlRefused::Address)
+        );
+        assert_eq!(
+            check_url("https://[::ffff:7f00:1]/x", &none),
+            Err(UrlRefused::Address)
+        );
+        assert_eq!(
+            check_url("https://169.254.169.254/", &none),
+            Err(UrlRefused::Address)
+        );
+        assert_eq!(
+            check_url("https://u:p@example.com/", &none),
+            Err(UrlRefused::Credentials)
+        );
         assert_eq!(check_url("not a url", &none), Err(UrlRefused::Malformed));
         let long = format!("https://example.com/{}", "a".repeat(2048));
         assert_eq!(check_url(&long, &none), Err(UrlRefused::Malformed));
 
         let allow = AllowList(vec!["127.0.0.1:9000".into(), "receiver.test".into()]);
         assert!(check_url("http://127.0.0.1:9000/hook", &allow).is_ok());
-        assert_eq!(check_url("http://127.0.0.1:9001/hook", &allow), Err(UrlRefused::NotHttps));
+        assert_eq!(
+            check_url("http://127.0.0.1:9001/hook", &allow),
+            Err(UrlRefused::NotHttps)
+        );
         assert!(check_url("http://receiver.test:1234/hook", &allow).is_ok());
         assert!(allow.allows_name("127.0.0.1") && allow.allows_name("RECEIVER.test"));
         assert!(!allow.allows_name("localhost"));

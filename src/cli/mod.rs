@@ -237,24 +237,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             secret,
             ttl,
             jti,
-        } => {
-            let token = if jti {
-                auth::mint_single_use(&client_id, &secret, ttl)?
-            } else {
-                auth::mint_hs256(&client_id, &secret, Some(ttl))?
-            };
-            println!("{token}");
-            Ok(())
-        }
-        Command::Cancel { request_id, client } => {
-            RequestId::parse(&request_id).context("a request id starts with eud-")?;
-            let doc = intake(&config, &client)
-                .cancel(&client.token, &request_id)
-                .send()
-                .await?;
-            println!("{}", serde_json::to_string_pretty(&doc)?);
-            Ok(())
-        }
+        } => token(&client_id, &secret, ttl, jti),
+        Command::Cancel { request_id, client } => cancel(&config, &request_id, &client).await,
         Command::Seed {
             users,
             bots,
@@ -473,6 +457,28 @@ async fn app(config: &Config, command: AppCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `erasure token`: an HS256 token, single-use with `--jti`.
+fn token(client_id: &str, secret: &str, ttl: i64, jti: bool) -> anyhow::Result<()> {
+    let token = if jti {
+        auth::mint_single_use(client_id, secret, ttl)?
+    } else {
+        auth::mint_hs256(client_id, secret, Some(ttl))?
+    };
+    println!("{token}");
+    Ok(())
+}
+
+/// `erasure cancel ID`: cancels through the HTTP API and prints the status document.
+async fn cancel(config: &Config, request_id: &str, client: &ClientArgs) -> anyhow::Result<()> {
+    RequestId::parse(request_id).context("a request id starts with eud-")?;
+    let doc = intake(config, client)
+        .cancel(&client.token, request_id)
+        .send()
+        .await?;
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
 }
 
 /// The intake at `--url`, or at this configuration's listen address.

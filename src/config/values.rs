@@ -337,6 +337,9 @@ pub fn delay_list(raw: &str) -> Result<Vec<Duration>, String> {
         .collect();
     match delays {
         Ok(d) if !d.is_empty() && d.len() <= 100 => Ok(d),
-        _ => Err("must be 1 to 100 delays in whole seconds (at most 604800 each), comma-separated".into()),
+        _ => Err(
+            "must be 1 to 100 delays in whole seconds (at most 604800 each), comma-separated"
+                .into(),
+        ),
     }
 }

@@ -108,7 +108,9 @@ impl On<'_> {
                 (self.pool().begin_with(isolation).await?, Some(hold))
             }
         };
-        if hold.is_none() && !requests::hold_while(&mut tx, requests, self.target.while_status).await? {
+        if hold.is_none()
+            && !requests::hold_while(&mut tx, requests, self.target.while_status).await?
+        {
             tx.rollback().await?;
             return Ok(None);
         }
@@ -116,11 +118,7 @@ impl On<'_> {
     }
 
     /// Counts `stores` (of this batch's request) in the batch's transaction and commits.
-    async fn count_and_commit(
-        &self,
-        tx: Guarded,
-        stores: &[StoreRows],
-    ) -> Result<(), sqlx::Error> {
+    async fn count_and_commit(&self, tx: Guarded, stores: &[StoreRows]) -> Result<(), sqlx::Error> {
         let rows: Vec<(&RequestId, &StoreRows)> =
             stores.iter().map(|s| (self.target.request, s)).collect();
         self.count_for_requests_and_commit(tx, &rows).await

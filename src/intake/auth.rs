@@ -126,14 +126,15 @@ pub async fn authenticate(pool: &PgPool, secret_key: &[u8], token: &str) -> Resu
     validation.validate_nbf = true;
     validation.validate_aud = false;
     validation.leeway = 30;
-    let verified = jsonwebtoken::decode::<SingleUse>(token, &key, &validation).map_err(|e| {
-        match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-            jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-            jsonwebtoken::errors::ErrorKind::InvalidSignature => AuthError::Signature,
-            _ => AuthError::Malformed,
-        }
-    })?;
+    let verified =
+        jsonwebtoken::decode::<SingleUse>(token, &key, &validation).map_err(|e| {
+            match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => AuthError::Signature,
+                _ => AuthError::Malformed,
+            }
+        })?;
     if !app.scopes.iter().any(|s| s == SCOPE) {
         return Err(AuthError::Scope);
     }

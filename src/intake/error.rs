@@ -114,7 +114,9 @@ pub enum IntakeError {
     AlreadySettled,
     /// 401: an app with single-use tokens got a token without `jti`, `iat` or `exp`, or
     /// living longer than an hour.
-    #[error("this app's tokens must carry jti (at most 128 bytes), iat and exp, with exp - iat at most 3600 s")]
+    #[error(
+        "this app's tokens must carry jti (at most 128 bytes), iat and exp, with exp - iat at most 3600 s"
+    )]
     JtiRequired,
     /// 401: a single-use token used before.
     #[error("this token was already used")]

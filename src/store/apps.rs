@@ -95,7 +95,8 @@ pub async fn rotate_webhook_secret(
 /// The sealed webhook secrets that sign an app's callbacks now: the current one first, then
 /// the previous one while its overlap lasts.
 pub async fn webhook_secrets(pool: &PgPool, client_id: &str) -> Result<Vec<Vec<u8>>, sqlx::Error> {
-    let row: Option<(Option<Vec<u8>>, Option<Vec<u8>>)> = sqlx::query_as(
+    type Sealed = Option<Vec<u8>>;
+    let row: Option<(Sealed, Sealed)> = sqlx::query_as(
         "SELECT webhook_secret_sealed,
                 CASE WHEN webhook_previous_until > now() THEN webhook_previous_sealed END
            FROM platform.api_apps WHERE client_id = $1",

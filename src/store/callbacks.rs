@@ -57,7 +57,11 @@ pub struct Due {
 /// Claims up to `limit` pending callbacks that are due, skipping those another process holds,
 /// and leases them for `lease` (a process that dies mid-attempt leaves them due again after
 /// it); counts the attempt.
-pub async fn claim_due(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Due>, sqlx::Error> {
+pub async fn claim_due(
+    pool: &PgPool,
+    limit: i64,
+    lease: Duration,
+) -> Result<Vec<Due>, sqlx::Error> {
     sqlx::query_as(
         "WITH due AS (SELECT webhook_id FROM erasure.callbacks
                        WHERE state = $1 AND next_at <= now()
@@ -77,7 +81,11 @@ pub async fn claim_due(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec
 
 /// Fixes a callback's body at its first attempt; returns the body every attempt sends (an
 /// earlier attempt's, if one fixed it first).
-pub async fn fix_body(pool: &PgPool, webhook_id: &str, body: &[u8]) -> Result<Vec<u8>, sqlx::Error> {
+pub async fn fix_body(
+    pool: &PgPool,
+    webhook_id: &str,
+    body: &[u8],
+) -> Result<Vec<u8>, sqlx::Error> {
     sqlx::query_scalar(
         "UPDATE erasure.callbacks SET body = COALESCE(body, $2) WHERE webhook_id = $1 RETURNING body",
     )
@@ -93,7 +101,10 @@ pub enum Attempt {
     /// 2xx.
     Delivered { status: u16 },
     /// Another answer, a timeout or no connection: try again after `after`.
-    Retry { status: Option<u16>, after: Duration },
+    Retry {
+        status: Option<u16>,
+        after: Duration,
+    },
     /// 410: the receiver wants no more.
     Gone,
     /// The schedule is spent, or the address is refused.

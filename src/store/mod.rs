@@ -6,8 +6,8 @@
 
 pub mod apps;
 pub mod callbacks;
-pub mod jtis;
 pub mod dead_letters;
+pub mod jtis;
 pub mod outbox;
 pub mod pace;
 pub mod planning;

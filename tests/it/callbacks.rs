@@ -264,10 +264,16 @@ async fn a_settled_request_is_told_once_signed_and_without_identifiers() {
     assert_eq!(body["data"]["usersTotal"], 1);
     assert_eq!(body["data"]["usersErased"], 1);
     assert_eq!(body["data"]["rowsDeleted"]["conversations"], 5);
-    assert!(!body.to_string().contains("u-cb-1"), "no user identifier: {body}");
+    assert!(
+        !body.to_string().contains("u-cb-1"),
+        "no user identifier: {body}"
+    );
     assert!(got[0].id.starts_with("msg_"));
     let callback = wait_callback(&api, &token, &id, "delivered").await;
-    assert_eq!(callback, json!({"state": "delivered", "attempts": 1, "lastStatus": 200}));
+    assert_eq!(
+        callback,
+        json!({"state": "delivered", "attempts": 1, "lastStatus": 200})
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(receiver.got("done").len(), 1, "delivered once");
 
@@ -278,12 +284,19 @@ async fn a_settled_request_is_told_once_signed_and_without_identifiers() {
     assert!(doc.get("callback").is_none(), "{doc}");
     let rotated = sign::new_secret();
     let sealed = secrets::seal(&env.config().keys.secret_key.bytes, rotated.as_bytes());
-    assert!(apps::rotate_webhook_secret(&env.pool, &client_id, &sealed).await.unwrap());
+    assert!(
+        apps::rotate_webhook_secret(&env.pool, &client_id, &sealed)
+            .await
+            .unwrap()
+    );
     let again = erase(&api, &token, "u-cb-1", &bot, Some(&url)).await;
     let got = receiver.wait_for("done", 2, Duration::from_secs(30)).await;
     assert_eq!(got[1].body["data"]["requestId"], again.as_str());
     assert!(got[1].signed_with(&rotated), "the new secret signs");
-    assert!(got[1].signed_with(&secret), "the previous one too, for 24 hours");
+    assert!(
+        got[1].signed_with(&secret),
+        "the previous one too, for 24 hours"
+    );
     assert_eq!(got[1].signature.split(' ').count(), 2);
     assert!(!got[0].signed_with(&rotated));
     svc.shutdown().await;
@@ -301,12 +314,36 @@ async fn a_failing_receiver_is_retried_on_schedule_410_stops_and_the_schedule_en
     receiver.verify_with(&secret);
     let svc = env.start(Role::All).await;
     let api = Api::new(&svc);
-    let flaky = erase(&api, &token, "u-r-1", &bot, Some(&format!("http://{addr}/flaky"))).await;
-    let gone = erase(&api, &token, "u-r-1", &bot, Some(&format!("http://{addr}/gone"))).await;
-    let down = erase(&api, &token, "u-r-1", &bot, Some(&format!("http://{addr}/down"))).await;
+    let flaky = erase(
+        &api,
+        &token,
+        "u-r-1",
+        &bot,
+        Some(&format!("http://{addr}/flaky")),
+    )
+    .await;
+    let gone = erase(
+        &api,
+        &token,
+        "u-r-1",
+        &bot,
+        Some(&format!("http://{addr}/gone")),
+    )
+    .await;
+    let down = erase(
+        &api,
+        &token,
+        "u-r-1",
+        &bot,
+        Some(&format!("http://{addr}/down")),
+    )
+    .await;
 
     let c = wait_callback(&api, &token, &flaky, "delivered").await;
-    assert_eq!(c, json!({"state": "delivered", "attempts": 2, "lastStatus": 200}));
+    assert_eq!(
+        c,
+        json!({"state": "delivered", "attempts": 2, "lastStatus": 200})
+    );
     let got = receiver.got("flaky");
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].id, got[1].id, "one webhook-id across retries");
@@ -314,11 +351,17 @@ async fn a_failing_receiver_is_retried_on_schedule_410_stops_and_the_schedule_en
     assert!(got.iter().all(|r| r.verified));
 
     let c = wait_callback(&api, &token, &gone, "gone").await;
-    assert_eq!(c, json!({"state": "gone", "attempts": 1, "lastStatus": 410}));
+    assert_eq!(
+        c,
+        json!({"state": "gone", "attempts": 1, "lastStatus": 410})
+    );
 
     // Schedule `1,1`: the first attempt and two retries, then `failed`.
     let c = wait_callback(&api, &token, &down, "failed").await;
-    assert_eq!(c, json!({"state": "failed", "attempts": 3, "lastStatus": 503}));
+    assert_eq!(
+        c,
+        json!({"state": "failed", "attempts": 3, "lastStatus": 503})
+    );
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(receiver.got("gone").len(), 1, "410 stops at once");
     assert_eq!(receiver.got("down").len(), 3, "nothing after the schedule");
@@ -328,7 +371,10 @@ async fn a_failing_receiver_is_retried_on_schedule_410_stops_and_the_schedule_en
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("erasure_callbacks_total{outcome=\"gone\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("erasure_callbacks_total{outcome=\"gone\"} 1"),
+        "{metrics}"
+    );
     svc.shutdown().await;
 }
 
@@ -342,10 +388,20 @@ async fn a_receiver_slower_than_the_timeout_is_retried() {
     receiver.verify_with(&secret);
     let svc = env.start(Role::All).await;
     let api = Api::new(&svc);
-    let id = erase(&api, &token, "u-s-1", &bot, Some(&format!("http://{addr}/slow"))).await;
+    let id = erase(
+        &api,
+        &token,
+        "u-s-1",
+        &bot,
+        Some(&format!("http://{addr}/slow")),
+    )
+    .await;
     let started = tokio::time::Instant::now();
     let c = wait_callback(&api, &token, &id, "delivered").await;
-    assert_eq!(c, json!({"state": "delivered", "attempts": 2, "lastStatus": 200}));
+    assert_eq!(
+        c,
+        json!({"state": "delivered", "attempts": 2, "lastStatus": 200})
+    );
     assert!(
         started.elapsed() >= Duration::from_secs(14),
         "the first attempt waited for its 15 s timeout"
@@ -365,8 +421,18 @@ async fn a_worker_killed_before_delivering_delivers_after_restart() {
     let intake = env.start(Role::Intake).await;
     let api = Api::new(&intake);
     let worker = Process::spawn(&env, "worker", &[]).await;
-    let id = erase(&api, &token, "u-k-1", &bot, Some(&format!("http://{addr}/crash"))).await;
-    assert_eq!(env.wait_settled(&id, Duration::from_secs(30)).await, "completed");
+    let id = erase(
+        &api,
+        &token,
+        "u-k-1",
+        &bot,
+        Some(&format!("http://{addr}/crash")),
+    )
+    .await;
+    assert_eq!(
+        env.wait_settled(&id, Duration::from_secs(30)).await,
+        "completed"
+    );
     receiver.wait_for("crash", 1, Duration::from_secs(30)).await;
     worker.kill().await;
     let (_, doc) = api.status(&token, &id).await;
@@ -425,16 +491,25 @@ async fn callbacks_cannot_reach_private_addresses() {
         assert_eq!(answer["errors"][0]["field"], "callbackUrl");
     }
     let (status, answer) = api
-        .erase(&token, &json!({"userIds": ["u-x-1"], "botIds": [bot], "callbackUrl": 7}))
+        .erase(
+            &token,
+            &json!({"userIds": ["u-x-1"], "botIds": [bot], "callbackUrl": 7}),
+        )
         .await;
-    assert_eq!((status, &answer["errors"][0]["code"]), (400, &json!("invalid_callback_url")));
+    assert_eq!(
+        (status, &answer["errors"][0]["code"]),
+        (400, &json!("invalid_callback_url"))
+    );
 
     // A name that resolves to loopback passes the intake (no lookup there) but is never
     // connected to: the resolver drops every loopback address.
     let url = format!("https://localhost:{}/x", trap.port());
     let id = erase(&api, &token, "u-x-1", &bot, Some(&url)).await;
     let c = wait_callback(&api, &token, &id, "failed").await;
-    assert_eq!(c, json!({"state": "failed", "attempts": 1, "lastStatus": null}));
+    assert_eq!(
+        c,
+        json!({"state": "failed", "attempts": 1, "lastStatus": null})
+    );
     assert_eq!(accepted.load(Ordering::SeqCst), 0, "never connected");
     svc.shutdown().await;
 }
@@ -459,7 +534,14 @@ async fn cancel_mid_erasure_stops_every_batch_and_keeps_counts_exact() {
     receiver.verify_with(&secret);
     let svc = env.start(Role::All).await;
     let api = Api::new(&svc);
-    let id = erase(&api, &token, "u-c-1", &bot, Some(&format!("http://{addr}/cancel"))).await;
+    let id = erase(
+        &api,
+        &token,
+        "u-c-1",
+        &bot,
+        Some(&format!("http://{addr}/cancel")),
+    )
+    .await;
     env.wait_progress(&id, 300).await;
 
     let (status, other) = api.status(&other_token, &id).await;
@@ -473,7 +555,11 @@ async fn cancel_mid_erasure_stops_every_batch_and_keeps_counts_exact() {
             (reply.status(), reply.json())
         }
     };
-    assert_eq!(cancel(&other_token).await.0, 404, "another account's request");
+    assert_eq!(
+        cancel(&other_token).await.0,
+        404,
+        "another account's request"
+    );
     let (status, doc) = cancel(&token).await;
     assert_eq!(status, 200, "{doc}");
     assert_eq!(doc["status"], "cancelled");
@@ -481,14 +567,26 @@ async fn cancel_mid_erasure_stops_every_batch_and_keeps_counts_exact() {
     assert!(doc["completedOn"].is_string());
     let counted = env.rows_deleted(&id).await;
     let left = env.count_rows("u-c-1", &bot).await;
-    assert_eq!(counted + left, 3 * seeded_rows, "rows erased + rows remaining = seeded");
+    assert_eq!(
+        counted + left,
+        3 * seeded_rows,
+        "rows erased + rows remaining = seeded"
+    );
     assert!(left > 0, "cancelled mid-erasure ({counted} erased)");
 
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(env.count_rows("u-c-1", &bot).await, left, "no batch after the cancel");
+    assert_eq!(
+        env.count_rows("u-c-1", &bot).await,
+        left,
+        "no batch after the cancel"
+    );
     assert_eq!(env.rows_deleted(&id).await, counted);
     let (status, again) = cancel(&token).await;
-    assert_eq!((status, &again["status"]), (200, &json!("cancelled")), "twice: 200");
+    assert_eq!(
+        (status, &again["status"]),
+        (200, &json!("cancelled")),
+        "twice: 200"
+    );
     let rows: i64 = again["progress"]["rowsDeleted"]
         .as_object()
         .unwrap()
@@ -504,24 +602,27 @@ async fn cancel_mid_erasure_stops_every_batch_and_keeps_counts_exact() {
             .unwrap();
     assert_eq!(tasks, ["cancelled"]);
 
-    let got = receiver.wait_for("cancel", 1, Duration::from_secs(30)).await;
+    let got = receiver
+        .wait_for("cancel", 1, Duration::from_secs(30))
+        .await;
     assert!(got[0].verified);
     assert_eq!(got[0].body["type"], "erasure.request.cancelled");
     assert_eq!(got[0].body["data"]["usersErased"], 0);
 
-    // A settled request cannot be cancelled; an unknown one is 404.
-    let done = erase(&api, &token, "u-c-1", &bot, None).await;
+    assert_only_in_progress_is_cancelled(&env, &api, &token, &bot).await;
+    svc.shutdown().await;
+}
+
+/// A settled request cannot be cancelled (409); an unknown one is 404.
+async fn assert_only_in_progress_is_cancelled(env: &TestEnv, api: &Api, token: &str, bot: &str) {
+    let done = erase(api, token, "u-c-1", bot, None).await;
+    env.wait_settled(&done, Duration::from_secs(60)).await;
     let c = erasure::client::Client::with_http(&api.base, api.http.clone());
-    let (unknown, settled) = {
-        env.wait_settled(&done, Duration::from_secs(60)).await;
-        let unknown = c.cancel(&token, "eud-nope").reply().await.unwrap();
-        let settled = c.cancel(&token, &done).reply().await.unwrap();
-        (unknown, settled)
-    };
+    let unknown = c.cancel(token, "eud-nope").reply().await.unwrap();
     assert_eq!(unknown.status(), 404);
+    let settled = c.cancel(token, &done).reply().await.unwrap();
     assert_eq!(settled.status(), 409);
     assert_eq!(settled.json()["errors"][0]["code"], "already_settled");
-    svc.shutdown().await;
 }
 
 fn single_use(client_id: &str, secret: &str, claims: Value) -> String {
@@ -553,8 +654,14 @@ async fn a_single_use_token_is_refused_the_second_time_on_any_intake() {
 
     let token = auth::mint_single_use(&client_id, &secret, 600).unwrap();
     assert_eq!(call(&a, token.clone()).await.0, 202);
-    assert_eq!(call(&b, token.clone()).await, (401, json!("token_replayed")));
-    assert_eq!(call(&a, token.clone()).await, (401, json!("token_replayed")));
+    assert_eq!(
+        call(&b, token.clone()).await,
+        (401, json!("token_replayed"))
+    );
+    assert_eq!(
+        call(&a, token.clone()).await,
+        (401, json!("token_replayed"))
+    );
     let fresh = auth::mint_single_use(&client_id, &secret, 600).unwrap();
     assert_eq!(call(&b, fresh).await.0, 202, "a new jti is accepted");
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM erasure.used_jtis")
@@ -573,7 +680,11 @@ async fn a_single_use_token_is_refused_the_second_time_on_any_intake() {
         json!({"jti": 7, "iat": now, "exp": now + 60}),
     ] {
         let token = single_use(&client_id, &secret, claims.clone());
-        assert_eq!(call(&a, token).await, (401, json!("jti_required")), "{claims}");
+        assert_eq!(
+            call(&a, token).await,
+            (401, json!("jti_required")),
+            "{claims}"
+        );
     }
     // An app without --enforce-jti reuses its token.
     for p in [&a, &b] {
@@ -584,5 +695,10 @@ async fn a_single_use_token_is_refused_the_second_time_on_any_intake() {
         .execute(&env.pool)
         .await
         .unwrap();
-    assert_eq!(erasure::store::jtis::forget_expired(&env.pool).await.unwrap(), 2);
+    assert_eq!(
+        erasure::store::jtis::forget_expired(&env.pool)
+            .await
+            .unwrap(),
+        2
+    );
 }
