@@ -202,6 +202,9 @@ impl TestEnv {
         let secret = secrets::new_client_secret();
         let sealed = secrets::seal(&self.config().keys.secret_key.bytes, secret.as_bytes());
         let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        // Every app has a webhook secret, as `erasure app create` gives it.
+        let webhook = erasure::callback::sign::new_secret();
+        let webhook = secrets::seal(&self.config().keys.secret_key.bytes, webhook.as_bytes());
         apps::insert(
             &self.pool,
             &apps::NewApp {
@@ -211,7 +214,7 @@ impl TestEnv {
                 algorithm: "HS256",
                 secret_sealed: Some(&sealed),
                 public_key_pem: None,
-                webhook_secret_sealed: None,
+                webhook_secret_sealed: Some(&webhook),
                 callback_url: None,
                 enforce_jti: false,
             },
