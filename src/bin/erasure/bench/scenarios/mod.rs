@@ -5,6 +5,7 @@ pub mod big;
 pub mod bulk;
 pub mod ceiling;
 pub mod child;
+pub mod jti;
 pub mod many;
 pub mod replicas;
 pub mod small;
