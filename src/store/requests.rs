@@ -353,7 +353,8 @@ pub(super) async fn fail(
 /// Holds the rows of `ids` `FOR SHARE` in a batch's transaction (on `conn`) while they are
 /// in `status` (`in-progress` for a task's batch): `false` when any is not (cancelled, or
 /// settled otherwise), and then the batch must delete nothing. The cancel arrow's row lock waits for the batch to commit, and a
-/// batch that starts after a cancel commits sees it: no batch starts after a cancel.
+/// batch that starts after a cancel commits sees it: no batch starts after a cancel. Locked in
+/// the order of their ids, as the complete arrow locks them, so the two never deadlock.
 pub async fn hold_while(
     conn: &mut sqlx::PgConnection,
     ids: &[&RequestId],
@@ -361,7 +362,8 @@ pub async fn hold_while(
 ) -> Result<bool, sqlx::Error> {
     let held: Vec<RequestId> = sqlx::query_scalar(
         "SELECT request_id FROM erasure.requests
-          WHERE request_id = ANY($1) AND status = $2 FOR SHARE",
+          WHERE request_id = ANY($1) AND status = $2
+          ORDER BY request_id FOR SHARE",
     )
     .bind(ids)
     .bind(status)
