@@ -276,8 +276,14 @@ async fn a_settled_request_is_told_once_signed_and_without_identifiers() {
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(receiver.got("done").len(), 1, "delivered once");
-    let listed = erasure::store::requests::list(&env.pool, None, 10).await.unwrap();
-    assert_eq!(listed[0].callback.as_deref(), Some("delivered"), "erasure requests list");
+    let listed = erasure::store::requests::list(&env.pool, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        listed[0].callback.as_deref(),
+        Some("delivered"),
+        "erasure requests list"
+    );
 
     // A request without a callback has no `callback` object; a rotation signs twice.
     let bare = erase(&api, &token, "u-cb-1", &bot, None).await;

@@ -33,6 +33,8 @@ pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()>
                 }
             ));
             let per_s = accepted_per_s(bench, app, single_use, n).await?;
+            let mode = if single_use { "enforced" } else { "plain" };
+            figures.set(format!("jti_{mode}_round{}_per_s", round + 1), per_s);
             if single_use {
                 enforced_rates.push(per_s);
             } else {
