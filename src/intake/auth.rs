@@ -11,6 +11,7 @@ use crate::{
     store::{
         self,
         apps::{self, App},
+        requests::UsedJti,
     },
 };
 
@@ -76,8 +77,24 @@ pub fn token_from_headers(headers: &HeaderMap) -> Result<&str, AuthError> {
     Ok(raw)
 }
 
-/// Verifies the token and returns its app, which holds the scope.
+/// Verifies the token and returns its app, which holds the scope; a single-use token's id is
+/// recorded (refused when used before).
 pub async fn authenticate(pool: &PgPool, secret_key: &[u8], token: &str) -> Result<App, AuthError> {
+    let (app, jti) = verify(pool, secret_key, token).await?;
+    if let Some(jti) = jti {
+        use_once(pool, &app.client_id, &jti).await?;
+    }
+    Ok(app)
+}
+
+/// Verifies the token and returns its app, which holds the scope, and for an app with
+/// single-use tokens the token's id, which the caller must record ([`use_once`], or in the
+/// erase call's own statement).
+pub async fn verify(
+    pool: &PgPool,
+    secret_key: &[u8],
+    token: &str,
+) -> Result<(App, Option<UsedJti>), AuthError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Algorithm)?;
     if !matches!(header.alg, Algorithm::HS256 | Algorithm::RS256) {
         return Err(AuthError::Algorithm);
@@ -138,10 +155,12 @@ pub async fn authenticate(pool: &PgPool, secret_key: &[u8], token: &str) -> Resu
     if !app.scopes.iter().any(|s| s == SCOPE) {
         return Err(AuthError::Scope);
     }
-    if app.enforce_jti {
-        use_once(pool, &app.client_id, &verified.claims).await?;
-    }
-    Ok(app)
+    let jti = if app.enforce_jti {
+        Some(single_use(&verified.claims)?)
+    } else {
+        None
+    };
+    Ok((app, jti))
 }
 
 /// Longest `jti` of a single-use token, in bytes.
@@ -157,10 +176,9 @@ struct SingleUse {
     exp: Option<serde_json::Value>,
 }
 
-/// Records the first use of a single-use token of an app with `--enforce-jti`: refused
-/// without a usable `jti`, `iat` and `exp` (`JtiRequired`), or when used before (`Replayed`).
-/// One indexed insert, shared by every intake replica.
-async fn use_once(pool: &PgPool, client_id: &str, claims: &SingleUse) -> Result<(), AuthError> {
+/// The id of a single-use token of an app with `--enforce-jti`: refused without a usable
+/// `jti`, `iat` and `exp` at most [`MAX_SINGLE_USE_SECONDS`] apart (`JtiRequired`).
+fn single_use(claims: &SingleUse) -> Result<UsedJti, AuthError> {
     let jti = match &claims.jti {
         Some(serde_json::Value::String(j)) if !j.is_empty() && j.len() <= MAX_JTI_BYTES => j,
         _ => return Err(AuthError::JtiRequired),
@@ -175,7 +193,16 @@ async fn use_once(pool: &PgPool, client_id: &str, claims: &SingleUse) -> Result<
         return Err(AuthError::JtiRequired);
     }
     let expires_at = chrono::DateTime::from_timestamp(exp, 0).ok_or(AuthError::JtiRequired)?;
-    match store::jtis::use_once(pool, client_id, jti, expires_at).await {
+    Ok(UsedJti {
+        jti: jti.clone(),
+        expires_at,
+    })
+}
+
+/// Records the first use of a single-use token (one indexed insert, shared by every intake
+/// replica): `Replayed` when the app used this id before and its `exp` has not passed.
+pub async fn use_once(pool: &PgPool, client_id: &str, jti: &UsedJti) -> Result<(), AuthError> {
+    match store::jtis::use_once(pool, client_id, &jti.jti, jti.expires_at).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(AuthError::Replayed),
         Err(e) => Err(AuthError::Unavailable(store::describe(&e))),

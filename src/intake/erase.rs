@@ -15,9 +15,9 @@ use axum::{
 use tracing::Instrument;
 
 use super::{
-    IntakeState,
+    IntakeState, auth,
     error::{IntakeError, Outcome, Stage},
-    extract::{Authenticated, IdempotencyKey},
+    extract::{AuthenticatedOnce, IdempotencyKey},
 };
 use crate::{
     callback::ssrf,
@@ -28,7 +28,7 @@ use crate::{
         self,
         apps::App,
         platform,
-        requests::{self, NewRequest, Source},
+        requests::{self, NewRequest, Source, UsedJti},
     },
 };
 
@@ -46,7 +46,7 @@ pub(super) async fn erase(
     State(state): State<IntakeState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     // Before the body is read: an unauthenticated call learns nothing of it (401, never 413).
-    Authenticated(app): Authenticated,
+    AuthenticatedOnce(app, jti): AuthenticatedOnce,
     // Checked after the body: a bad body is answered as such whatever the key.
     key: Result<IdempotencyKey, IntakeError>,
     request: Request,
@@ -60,10 +60,14 @@ pub(super) async fn erase(
     if let Some(key) = &key
         && let Some(first) = replay(&state, &app, key, &digest).await?
     {
+        // A single-use token is used by the retry too (it records nothing else).
+        if let Some(jti) = &jti {
+            auth::use_once(&state.pool, &app.client_id, jti).await?;
+        }
         return Ok(first);
     }
     check_bots(&state, &app, &erase).await?;
-    record(&state, &app, peer, erase, key, digest).await
+    record(&state, &app, peer, erase, key, digest, jti.as_ref()).await
 }
 
 /// The request's callback URL, the body's or else the app's default, checked against the SSRF
@@ -196,6 +200,7 @@ async fn record(
     request: EraseRequest,
     key: Option<String>,
     digest: String,
+    jti: Option<&UsedJti>,
 ) -> Result<Accepted, IntakeError> {
     let request_id = RequestId::generate();
     tracing::Span::current().record("request_id", tracing::field::display(&request_id));
@@ -223,10 +228,13 @@ async fn record(
         &new,
         ERASE_ROUTING_KEY,
         &message.to_json(),
+        jti,
     )
     .await
     {
         Ok(Some(queued)) => queued,
+        // Nothing recorded because the single-use token was used before.
+        Ok(None) if jti.is_some() => return Err(IntakeError::TokenReplayed),
         // A fresh random id cannot exist already unless the generator is broken; never
         // answer 202 for a request that was not recorded.
         Ok(None) => {

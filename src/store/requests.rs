@@ -45,19 +45,31 @@ pub struct NewRequest<'a> {
 
 /// The request and its users, inserted together (`r`, `u`), nothing when the id exists.
 /// Parameters: $1–$11 and $14 the request's columns, $12/$13 the users' refs and kinds.
+/// `$prefix` opens the `WITH` (and may add CTEs before `r`); `$source` gives `r` its row.
 macro_rules! insert_request_sql {
     () => {
-        "WITH r AS (
+        insert_request_sql!(
+            "WITH ",
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $14)"
+        )
+    };
+    ($prefix:literal, $source:literal) => {
+        concat!(
+            $prefix,
+            "r AS (
             INSERT INTO erasure.requests
                  (request_id, account_id, requested_by, source, client_addr, remove_data_from_all_bots,
                   bot_ids, users_total, idempotency_key, body_digest, requested_at, callback_url)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $14)
+             ",
+            $source,
+            "
              ON CONFLICT (request_id) DO NOTHING
              RETURNING request_id),
           u AS (
             INSERT INTO erasure.request_users (request_id, position, user_ref, kind)
              SELECT r.request_id, t.ord - 1, t.ref, t.kind
                FROM r, unnest($12::text[], $13::text[]) WITH ORDINALITY AS t(ref, kind, ord))"
+        )
     };
 }
 
@@ -102,20 +114,40 @@ pub(super) async fn insert(
     Ok(inserted == 1)
 }
 
+/// A single-use token's id, recorded by the call it authenticates (`erasure.used_jtis`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsedJti {
+    pub jti: String,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// Records a new request, its users and its outbox message in ONE statement, hence one
 /// round trip and one commit (the intake's hot path). Atomic like a transaction: either all
-/// three are recorded or none. `None` when a request with this id already exists (then
-/// nothing is written).
+/// three are recorded or none. `None` when a request with this id already exists, or when
+/// `jti` (the id of the single-use token of the call, of the app `requested_by`) was used
+/// before and has not expired: then nothing is written. The token's id is recorded by the same
+/// statement (one indexed insert, no further round trip or commit).
 pub async fn insert_with_outbox(
     pool: &PgPool,
     r: &NewRequest<'_>,
     routing_key: &str,
     payload: &[u8],
+    jti: Option<&UsedJti>,
 ) -> Result<Option<OutboxMessage>, sqlx::Error> {
     let users = user_columns(&r.request.user_ids);
     let id: Option<i64> = bind_request(
         sqlx::query_scalar(concat!(
-            insert_request_sql!(),
+            insert_request_sql!(
+                "WITH j AS (
+                    INSERT INTO erasure.used_jtis (client_id, jti, expires_at)
+                     SELECT $3, $17, $18 WHERE $17::text IS NOT NULL
+                     ON CONFLICT (client_id, jti) DO UPDATE SET expires_at = EXCLUDED.expires_at
+                      WHERE erasure.used_jtis.expires_at < now()
+                     RETURNING 1),
+                 ",
+                "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $14
+                  WHERE $17::text IS NULL OR EXISTS (SELECT 1 FROM j)"
+            ),
             ", o AS (
                 INSERT INTO erasure.outbox (routing_key, message_id, payload)
                  SELECT $15, r.request_id, $16 FROM r
@@ -127,6 +159,8 @@ pub async fn insert_with_outbox(
     )
     .bind(routing_key)
     .bind(payload)
+    .bind(jti.map(|j| j.jti.as_str()))
+    .bind(jti.map(|j| j.expires_at))
     .fetch_optional(pool)
     .await?;
     Ok(id.map(|id| OutboxMessage {
