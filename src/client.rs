@@ -13,8 +13,14 @@ use serde_json::Value;
 
 use crate::{
     contract::{Accepted, StatusDocument},
-    intake::{ERASE_PATH, JWKS_PATH, RECEIPT_PATH, STATUS_PATH},
+    intake::{CANCEL_PATH, ERASE_PATH, JWKS_PATH, RECEIPT_PATH, STATUS_PATH},
 };
+
+/// Installs the process's TLS provider (rustls with ring, as the broker and database
+/// connections use) once; every HTTP client of the process needs it before it is built.
+pub fn install_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -38,6 +44,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str) -> Self {
+        install_tls();
         Self::with_http(base, reqwest::Client::new())
     }
 
@@ -73,6 +80,17 @@ impl Client {
     /// `GET /api/public/bot/eraseUsersData/{requestId}/receipt`: `200` and the signed receipt.
     pub fn receipt(&self, token: &str, request_id: &str) -> Call<Jose> {
         self.get_of_request(RECEIPT_PATH, token, request_id)
+    }
+
+    /// `POST /api/public/bot/eraseUsersData/{requestId}/cancel`: `200` and the status document.
+    pub fn cancel(&self, token: &str, request_id: &str) -> Call<StatusDocument> {
+        let path = CANCEL_PATH.replace("{request_id}", &path_segment(request_id));
+        Call::new(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .header("auth", token),
+            StatusCode::OK,
+        )
     }
 
     /// An authenticated `GET` of `template` naming one request, `200` on success.

@@ -9,8 +9,8 @@ mod values;
 
 pub use values::{AmqpUrls, CredentialUrl, LogFormat, QueuePrefix, Secret, Value};
 use values::{
-    amqp_urls, duration, int, log_filter, log_format, millis, optional_path, path_list,
-    postgres_url, queue_prefix, seconds, secret, socket_addr, text,
+    amqp_urls, delay_list, duration, host_list, int, log_filter, log_format, millis, optional_path,
+    path_list, postgres_url, queue_prefix, seconds, secret, socket_addr, text,
 };
 
 /// A configuration value that could not be used, naming the variable.
@@ -240,6 +240,14 @@ settings! {
         receipt_key_file: Option<PathBuf> = "ERASURE_RECEIPT_KEY_FILE", "", optional_path;
         /// earlier receipt keys, still published in `/.well-known/jwks.json`: PEM files (private or public), comma-separated
         receipt_previous_key_files: Vec<PathBuf> = "ERASURE_RECEIPT_PREVIOUS_KEY_FILES", "", path_list;
+    }
+
+    /// Callbacks: telling the caller a request settled.
+    callback: CallbackSettings {
+        /// hosts callbacks may reach over `http` and at any address, loopback and private included: `host` or `host:port`, comma-separated (empty: none)
+        allow_hosts: Vec<String> = "ERASURE_CALLBACK_ALLOW_HOSTS", "", host_list;
+        /// seconds before each retry of a callback not delivered, comma-separated, each jittered; after the last retry the callback is `failed`
+        schedule: Vec<Duration> = "ERASURE_CALLBACK_SCHEDULE", "5,300,1800,7200,18000,36000,50400,72000,86400", delay_list;
     }
 
     /// What to erase.

@@ -88,7 +88,13 @@ pub struct EraseRequest {
     pub user_ids: Vec<UserEntry>,
     pub bot_ids: Vec<BotId>,
     pub remove_data_from_all_bots: bool,
+    /// Where to tell the caller the request settled (HTTP `callbackUrl`, or the app's
+    /// default); checked by the intake against its SSRF rules. Never in a queue message.
+    pub callback_url: Option<String>,
 }
+
+/// Longest `callbackUrl`, in bytes (DESIGN.md section 10).
+pub const MAX_CALLBACK_URL_BYTES: usize = 2048;
 
 /// One problem with the input, as returned in `{"errors": [...]}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,11 +156,26 @@ pub fn parse_erase_body(body: &[u8], limits: &Limits) -> Result<EraseRequest, Ve
     .unwrap_or_default();
     let user_ids = read_user_ids(obj.get("userIds"), limits, &mut errors);
     let bot_ids = read_bot_ids(obj.get("botIds"), remove_all, limits, &mut errors);
+    let callback_url = match obj.get("callbackUrl") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(url)) if !url.is_empty() && url.len() <= MAX_CALLBACK_URL_BYTES => {
+            Some(url.clone())
+        }
+        Some(_) => {
+            errors.push(FieldError::new(
+                "invalid_callback_url",
+                format!("callbackUrl must be a URL of 1 to {MAX_CALLBACK_URL_BYTES} bytes"),
+                Some("callbackUrl".into()),
+            ));
+            None
+        }
+    };
     if errors.is_empty() {
         Ok(EraseRequest {
             user_ids,
             bot_ids,
             remove_data_from_all_bots: remove_all,
+            callback_url,
         })
     } else {
         Err(errors)
@@ -584,6 +605,7 @@ impl EraseMessage {
                 user_ids,
                 bot_ids,
                 remove_data_from_all_bots: remove_all,
+                callback_url: None,
             },
             requested_by,
             requested_at,
@@ -770,6 +792,10 @@ pub struct StatusDocument {
     /// The verification after completion (DESIGN.md section 12); absent until verified.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub verification: Option<Verification>,
+    /// The delivery of the request's callback, when it has a callback URL (DESIGN.md
+    /// section 10).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub callback: Option<crate::store::callbacks::Delivery>,
 }
 
 /// What the verification found after a request completed.
@@ -940,6 +966,7 @@ mod tests {
                 ],
                 bot_ids: vec!["st-1".into()],
                 remove_data_from_all_bots: false,
+                callback_url: None,
             },
             requested_by: "app".into(),
             requested_at: None,

@@ -11,9 +11,14 @@
 //!        │ settle: every task done          settle: every user rejected
 //!        ├──────────────────────▶ completed        ──────────▶ rejected
 //!        │ fail: retries exhausted, or a refused message
+//!        ├──────────────────────▶ failed ──reopen (redrive)──▶ in-progress
+//!        │ cancel: the caller takes it back (no batch starts after it commits)
 //!        ▼
-//!      failed ──reopen (redrive)──▶ in-progress
+//!    cancelled
 //! ```
+//!
+//! Every arrow into a settled state (`completed`, `rejected`, `failed`, `cancelled`) queues the
+//! request's callback, when it has one, in its own transaction (`erasure.callbacks`).
 //!
 //! # Task states (`erasure.tasks.status`), one per (request, bot)
 //!
@@ -21,6 +26,7 @@
 //!   pending ──complete (every row gone)──▶ done
 //!   pending ──advance (slice used up)────▶ pending (next slice)
 //!   pending ──fail (permanent error)─────▶ failed ──reopen (redrive)──▶ pending
+//!   pending ──cancel (its request)───────▶ cancelled
 //! ```
 //!
 //! A task becomes `done` once, guarded by its state, in the transaction that counts it on its
@@ -33,6 +39,7 @@
 //!   IN_PROGRESS ──plan or re-check: someone protected──▶ REJECTED (reason)
 //!   IN_PROGRESS ──settle──────────────────────────────▶ SUCCESS
 //!   IN_PROGRESS ──fail────────────────────────────────▶ FAILED (reason) ──reopen──▶ IN_PROGRESS
+//!   IN_PROGRESS ──cancel──────────────────────────────▶ CANCELLED
 //! ```
 //!
 //! The functions of [`crate::store`] are these arrows, one each, each guarded by the states
@@ -271,6 +278,7 @@ states!(
         Completed = "completed",
         Rejected = "rejected",
         Failed = "failed",
+        Cancelled = "cancelled",
     }
 );
 
@@ -287,8 +295,17 @@ states!(
         Pending = "pending",
         Done = "done",
         Failed = "failed",
+        Cancelled = "cancelled",
     }
 );
+
+impl TaskStatus {
+    /// Whether the task still has work to do: neither `done` nor `cancelled` (a `failed` one
+    /// runs again when its message is redriven).
+    pub fn is_open(self) -> bool {
+        !matches!(self, Self::Done | Self::Cancelled)
+    }
+}
 
 states!(
     /// A `userIds` entry's state, as the status document spells it (diagram above).
@@ -298,6 +315,7 @@ states!(
         NotFound = "NOT_FOUND",
         Rejected = "REJECTED",
         Failed = "FAILED",
+        Cancelled = "CANCELLED",
     }
 );
 
@@ -321,6 +339,8 @@ pub enum UserOutcome {
     Rejected(RejectionReason),
     /// Retries exhausted; the reason is short and names no one.
     Failed(String),
+    /// The request was cancelled before this entry settled.
+    Cancelled,
 }
 
 impl UserOutcome {
@@ -331,6 +351,7 @@ impl UserOutcome {
             Self::NotFound => UserStatus::NotFound,
             Self::Rejected(_) => UserStatus::Rejected,
             Self::Failed(_) => UserStatus::Failed,
+            Self::Cancelled => UserStatus::Cancelled,
         }
     }
 
@@ -351,6 +372,7 @@ impl UserOutcome {
             UserStatus::NotFound => Self::NotFound,
             UserStatus::Rejected => Self::Rejected(reason.as_deref().unwrap_or("").parse()?),
             UserStatus::Failed => Self::Failed(reason.unwrap_or_default()),
+            UserStatus::Cancelled => Self::Cancelled,
         })
     }
 }

@@ -7,6 +7,7 @@
 //! states, [`rules`] the rules of erasure. Proof of erasure: [`verify`] (the verification job)
 //! and [`receipt`] (signed receipts).
 
+pub mod callback;
 pub mod catalog;
 pub mod cli;
 pub mod client;

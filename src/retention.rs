@@ -21,6 +21,10 @@ pub async fn run(pool: PgPool, config: Config, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(config.retention.sweep) => {}
         }
+        // Single-use tokens past their `exp` are forgotten (DESIGN.md section 10).
+        if let Err(e) = crate::store::jtis::forget_expired(&pool).await {
+            tracing::warn!(error = %crate::store::describe(&e), "forgetting expired token ids failed");
+        }
         // A backlog (say, after downtime) is worked off in consecutive batches.
         while !cancel.is_cancelled() {
             match redact_once(&pool, &config).await {

@@ -118,3 +118,27 @@ where
         .notify(|e, wait| tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "{what} not ready"))
     .await
 }
+
+/// The delay before retry number `attempt` (from 1) of a callback, per its schedule
+/// (`ERASURE_CALLBACK_SCHEDULE`), jittered by up to ±10% so that callbacks that failed
+/// together (a receiver down) do not all come back at once; `None` once the schedule is spent.
+pub fn callback_delay(schedule: &[Duration], attempt: u32) -> Option<Duration> {
+    let base = *schedule.get((attempt as usize).checked_sub(1)?)?;
+    Some(base.mul_f64(rand::random_range(0.9..=1.1)))
+}
+
+#[cfg(test)]
+mod callback_tests {
+    use super::*;
+
+    #[test]
+    fn a_callback_retries_per_its_schedule_with_jitter_then_stops() {
+        let schedule = [Duration::from_secs(5), Duration::from_secs(300)];
+        let first = callback_delay(&schedule, 1).unwrap();
+        assert!(first >= Duration::from_millis(4500) && first <= Duration::from_millis(5500));
+        let second = callback_delay(&schedule, 2).unwrap();
+        assert!(second >= Duration::from_secs(270) && second <= Duration::from_secs(330));
+        assert_eq!(callback_delay(&schedule, 3), None);
+        assert_eq!(callback_delay(&schedule, 0), None);
+    }
+}

@@ -11,6 +11,7 @@ use anyhow::Context;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    callback,
     catalog::CatalogError,
     config::Config,
     contract::Limits,
@@ -81,6 +82,7 @@ crate::telemetry::label_values! {
 }
 
 pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
+    crate::client::install_tls();
     let metrics = telemetry::metrics();
     let pool = retry::until_ready("database", || {
         store::connect_and_migrate(
@@ -112,6 +114,8 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
     let tracker = TaskTracker::new();
 
     let consumers = if role.worker() {
+        let deliverer = callback::Deliverer::new(&config, pool.clone(), targets.catalog.clone())?;
+        tracker.spawn(callback::deliver::run(Arc::new(deliverer), cancel.clone()));
         spawn_workers(&config, &targets, &publisher, &topology, &tracker, &cancel).await
     } else {
         Vec::new()

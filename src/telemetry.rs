@@ -170,13 +170,23 @@ pub const FAMILIES: &[Family] = &[
     ),
     Kind::Counter.family(
         "erasure_requests_finished_total",
-        "Requests settled, by final status (completed, rejected, failed)",
+        "Requests settled, by final status (completed, rejected, failed, cancelled)",
         settled,
     ),
     Kind::Histogram.family(
         "erasure_request_duration_seconds",
         "Time from a request's creation to its settling, by final status",
         settled,
+    ),
+    Kind::Counter.family(
+        "erasure_callbacks_total",
+        "Callback attempts, by outcome (delivered, retry, gone, failed)",
+        |_| {
+            crate::store::callbacks::Attempt::LABELS
+                .iter()
+                .map(|o| vec![("outcome", o.to_string())])
+                .collect()
+        },
     ),
     Kind::Counter.family(
         "erasure_tasks_planned_total",

@@ -161,6 +161,7 @@ impl Verifier {
             .await?;
         let users = self.unprotected(users).await?;
         let target = Target {
+            while_status: crate::domain::RequestStatus::Completed,
             request: id,
             bots: &bots,
             users: &users,

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{
+    callback::{sign, ssrf},
     client::Client,
     config::{Config, SETTINGS},
     contract::RequestId,
@@ -59,6 +60,9 @@ pub enum Command {
         /// Lifetime in seconds (adds an `exp` claim).
         #[arg(long, default_value_t = 3600)]
         ttl: i64,
+        /// A single-use token (a fresh `jti`), for apps created with `--enforce-jti`.
+        #[arg(long)]
+        jti: bool,
     },
     /// Fill the platform schema with demo data.
     Seed {
@@ -84,6 +88,12 @@ pub enum Command {
         client: ClientArgs,
         #[arg(long)]
         watch: bool,
+    },
+    /// Cancel a request in progress through the HTTP API; prints its status document.
+    Cancel {
+        request_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// A request's signed receipt through the HTTP API (`erasure receipt ID`), or a receipt
     /// checked offline (`erasure receipt verify FILE --jwks FILE_OR_URL`).
@@ -132,16 +142,24 @@ pub enum AppCommand {
         /// Register an RS256 app with this PEM public key instead of an HS256 secret.
         #[arg(long)]
         public_key: Option<PathBuf>,
+        /// The app's default callback URL, for requests that name none.
+        #[arg(long)]
+        callback_url: Option<String>,
+        /// Single-use tokens: each must carry `jti`, `iat` and `exp` (at most an hour apart).
+        #[arg(long)]
+        enforce_jti: bool,
     },
     /// Disable an app: its tokens are refused from then on.
     Disable { client_id: String },
+    /// Give an app a new webhook secret (printed once); the previous one also signs for 24 hours.
+    RotateWebhookSecret { client_id: String },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum RequestsCommand {
     /// List recent requests.
     List {
-        /// Only requests in this state (in-progress, completed, rejected, failed).
+        /// Only requests in this state (in-progress, completed, rejected, failed, cancelled).
         #[arg(long)]
         status: Option<RequestStatus>,
         #[arg(long, default_value_t = 50)]
@@ -218,10 +236,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             client_id,
             secret,
             ttl,
-        } => {
-            println!("{}", auth::mint_hs256(&client_id, &secret, Some(ttl))?);
-            Ok(())
-        }
+            jti,
+        } => token(&client_id, &secret, ttl, jti),
+        Command::Cancel { request_id, client } => cancel(&config, &request_id, &client).await,
         Command::Seed {
             users,
             bots,
@@ -365,6 +382,8 @@ async fn app(config: &Config, command: AppCommand) -> anyhow::Result<()> {
             account,
             scopes,
             public_key,
+            callback_url,
+            enforce_jti,
         } => {
             let account = AccountId::new(account);
             if store::platform::known_accounts(&pool, &[&account])
@@ -373,47 +392,60 @@ async fn app(config: &Config, command: AppCommand) -> anyhow::Result<()> {
             {
                 bail!("account {account} does not exist");
             }
+            if let Some(url) = &callback_url {
+                let allow = ssrf::AllowList(config.callback.allow_hosts.clone());
+                ssrf::check_url(url, &allow).map_err(|e| anyhow::anyhow!("--callback-url: {e}"))?;
+            }
             let client_id = format!("cs-{}", uuid::Uuid::new_v4());
-            match public_key {
+            let key = &config.keys.secret_key.bytes;
+            let webhook_secret = sign::new_secret();
+            let webhook_sealed = secrets::seal(key, webhook_secret.as_bytes());
+            let pem = match &public_key {
                 Some(path) => {
-                    let pem = std::fs::read_to_string(&path)
+                    let pem = std::fs::read_to_string(path)
                         .with_context(|| format!("reading {}", path.display()))?;
                     jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes())
                         .context("not an RSA public key in PEM form")?;
-                    apps::insert(
-                        &pool,
-                        &client_id,
-                        &account,
-                        &scopes,
-                        "RS256",
-                        None,
-                        Some(&pem),
-                    )
-                    .await?;
-                    println!(
-                        "{}",
-                        serde_json::json!({"clientId": client_id, "algorithm": "RS256"})
-                    );
+                    Some(pem)
                 }
-                None => {
-                    let secret = secrets::new_client_secret();
-                    let sealed = secrets::seal(&config.keys.secret_key.bytes, secret.as_bytes());
-                    apps::insert(
-                        &pool,
-                        &client_id,
-                        &account,
-                        &scopes,
-                        "HS256",
-                        Some(&sealed),
-                        None,
-                    )
-                    .await?;
-                    println!(
-                        "{}",
-                        serde_json::json!({"clientId": client_id, "clientSecret": secret})
-                    );
-                }
+                None => None,
+            };
+            let secret = pem.is_none().then(secrets::new_client_secret);
+            let sealed = secret.as_ref().map(|s| secrets::seal(key, s.as_bytes()));
+            apps::insert(
+                &pool,
+                &apps::NewApp {
+                    client_id: &client_id,
+                    account_id: &account,
+                    scopes: &scopes,
+                    algorithm: if pem.is_some() { "RS256" } else { "HS256" },
+                    secret_sealed: sealed.as_deref(),
+                    public_key_pem: pem.as_deref(),
+                    webhook_secret_sealed: Some(&webhook_sealed),
+                    callback_url: callback_url.as_deref(),
+                    enforce_jti,
+                },
+            )
+            .await?;
+            let printed = match secret {
+                Some(secret) => serde_json::json!({"clientId": client_id, "clientSecret": secret,
+                                                   "webhookSecret": webhook_secret}),
+                None => serde_json::json!({"clientId": client_id, "algorithm": "RS256",
+                                           "webhookSecret": webhook_secret}),
+            };
+            println!("{printed}");
+            Ok(())
+        }
+        AppCommand::RotateWebhookSecret { client_id } => {
+            let secret = sign::new_secret();
+            let sealed = secrets::seal(&config.keys.secret_key.bytes, secret.as_bytes());
+            if !apps::rotate_webhook_secret(&pool, &client_id, &sealed).await? {
+                bail!("no app {client_id}");
             }
+            println!(
+                "{}",
+                serde_json::json!({"clientId": client_id, "webhookSecret": secret})
+            );
             Ok(())
         }
         AppCommand::Disable { client_id } => {
@@ -424,6 +456,28 @@ async fn app(config: &Config, command: AppCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `erasure token`: an HS256 token, single-use with `--jti`.
+fn token(client_id: &str, secret: &str, ttl: i64, jti: bool) -> anyhow::Result<()> {
+    let token = if jti {
+        auth::mint_single_use(client_id, secret, ttl)?
+    } else {
+        auth::mint_hs256(client_id, secret, Some(ttl))?
+    };
+    println!("{token}");
+    Ok(())
+}
+
+/// `erasure cancel ID`: cancels through the HTTP API and prints the status document.
+async fn cancel(config: &Config, request_id: &str, client: &ClientArgs) -> anyhow::Result<()> {
+    RequestId::parse(request_id).context("a request id starts with eud-")?;
+    let doc = intake(config, client)
+        .cancel(&client.token, request_id)
+        .send()
+        .await?;
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
 }
 
 /// The intake at `--url`, or at this configuration's listen address.

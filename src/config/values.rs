@@ -59,6 +59,19 @@ impl Value for Vec<PathBuf> {
     }
 }
 
+impl Value for Vec<String> {
+    fn show(&self) -> String {
+        self.join(",")
+    }
+}
+
+impl Value for Vec<Duration> {
+    fn show(&self) -> String {
+        let secs: Vec<String> = self.iter().map(|d| d.as_secs().to_string()).collect();
+        secs.join(",")
+    }
+}
+
 impl Value for Option<PathBuf> {
     fn show(&self) -> String {
         self.as_ref()
@@ -296,5 +309,39 @@ pub fn text(max: usize) -> impl Fn(&str) -> Result<String, String> {
         } else {
             Ok(raw.to_string())
         }
+    }
+}
+
+/// Hosts, `host` or `host:port`, comma-separated, lowercased; empty: none.
+pub fn host_list(raw: &str) -> Result<Vec<String>, String> {
+    let hosts: Vec<String> = raw
+        .split(',')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect();
+    match hosts
+        .iter()
+        .find(|h| h.len() > 261 || h.contains(['/', '@', ' ', '?', '#']))
+    {
+        Some(_) => Err("must be hosts (`host` or `host:port`), comma-separated".into()),
+        None => Ok(hosts),
+    }
+}
+
+/// Delays in whole seconds (0 to 7 days each), comma-separated, at least one.
+pub fn delay_list(raw: &str) -> Result<Vec<Duration>, String> {
+    let delays: Result<Vec<Duration>, _> = raw
+        .split(',')
+        .map(|d| match d.trim().parse::<u64>() {
+            Ok(s) if s <= 7 * 86_400 => Ok(Duration::from_secs(s)),
+            _ => Err(()),
+        })
+        .collect();
+    match delays {
+        Ok(d) if !d.is_empty() && d.len() <= 100 => Ok(d),
+        _ => Err(
+            "must be 1 to 100 delays in whole seconds (at most 604800 each), comma-separated"
+                .into(),
+        ),
     }
 }

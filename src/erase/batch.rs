@@ -9,7 +9,7 @@ use super::{Batch, Root, StoreRows, Target, Targets, ledger, record_longest};
 use crate::{
     catalog::sql::{AnonymizeSql, LeafSql, RootSql, TreeSql},
     domain::{BotId, PlatformUserId, RequestId},
-    store::{self, tasks},
+    store::{self, requests, tasks},
 };
 
 pub(super) async fn run(
@@ -42,6 +42,32 @@ pub(super) async fn run(
     Ok(batch)
 }
 
+/// A batch's transaction, and where the batch runs in another database, the transaction of
+/// the service's database that holds its requests in progress until it commits.
+struct Guarded {
+    tx: Transaction<'static, Postgres>,
+    hold: Option<Transaction<'static, Postgres>>,
+}
+
+impl std::ops::Deref for Guarded {
+    type Target = sqlx::PgConnection;
+    fn deref(&self) -> &sqlx::PgConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Guarded {
+    fn deref_mut(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.tx
+    }
+}
+
+impl Guarded {
+    async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
 /// A batch's context: the targets, the database its store lives in, whose rows.
 struct On<'a> {
     targets: &'a Targets,
@@ -54,29 +80,45 @@ impl On<'_> {
         self.targets.pool(self.database)
     }
 
-    /// A batch's transaction. In the service's own database its commit does not wait for the
-    /// disk (see [`store::begin_relaxed`]: the task's durable completion or continuation
-    /// comes after it and makes it durable); in another database nothing later in that
-    /// database would, so the commit is durable.
-    async fn begin(&self, snapshot: bool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-        match (self.database, snapshot) {
-            (None, false) => store::begin_relaxed(self.pool()).await,
-            (None, true) => store::begin_relaxed_snapshot(self.pool()).await,
-            (Some(_), false) => self.pool().begin().await,
-            (Some(_), true) => {
-                self.pool()
-                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
-                    .await
+    /// A batch's transaction, once its requests are held in progress (see
+    /// [`requests::hold_while`]); `None` when any is not (cancelled): the batch deletes
+    /// nothing. In the service's own database the hold is in the batch's transaction and its
+    /// commit does not wait for the disk (see [`store::begin_relaxed`]: the task's durable
+    /// completion or continuation comes after it and makes it durable); in another database
+    /// nothing later in that database would, so the commit is durable, and the hold is a
+    /// transaction of the service's database kept open until the batch commits.
+    async fn begin(
+        &self,
+        snapshot: bool,
+        requests: &[&RequestId],
+    ) -> Result<Option<Guarded>, sqlx::Error> {
+        let (mut tx, hold) = match (self.database, snapshot) {
+            (None, false) => (store::begin_relaxed(self.pool()).await?, None),
+            (None, true) => (store::begin_relaxed_snapshot(self.pool()).await?, None),
+            (Some(_), _) => {
+                let mut hold = self.targets.main().begin().await?;
+                if !requests::hold_while(&mut hold, requests, self.target.while_status).await? {
+                    return Ok(None);
+                }
+                let isolation = if snapshot {
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ"
+                } else {
+                    "BEGIN"
+                };
+                (self.pool().begin_with(isolation).await?, Some(hold))
             }
+        };
+        if hold.is_none()
+            && !requests::hold_while(&mut tx, requests, self.target.while_status).await?
+        {
+            tx.rollback().await?;
+            return Ok(None);
         }
+        Ok(Some(Guarded { tx, hold }))
     }
 
     /// Counts `stores` (of this batch's request) in the batch's transaction and commits.
-    async fn count_and_commit(
-        &self,
-        tx: Transaction<'static, Postgres>,
-        stores: &[StoreRows],
-    ) -> Result<(), sqlx::Error> {
+    async fn count_and_commit(&self, tx: Guarded, stores: &[StoreRows]) -> Result<(), sqlx::Error> {
         let rows: Vec<(&RequestId, &StoreRows)> =
             stores.iter().map(|s| (self.target.request, s)).collect();
         self.count_for_requests_and_commit(tx, &rows).await
@@ -87,9 +129,10 @@ impl On<'_> {
     /// then forwarded.
     async fn count_for_requests_and_commit(
         &self,
-        mut tx: Transaction<'static, Postgres>,
+        guarded: Guarded,
         rows: &[(&RequestId, &StoreRows)],
     ) -> Result<(), sqlx::Error> {
+        let Guarded { mut tx, hold } = guarded;
         let catalog = &self.targets.catalog;
         let counted: Vec<tasks::Counted<'_>> = rows
             .iter()
@@ -108,6 +151,9 @@ impl On<'_> {
         };
         let entries = ledger::record(&mut tx, &counted).await?;
         tx.commit().await?;
+        if let Some(hold) = hold {
+            hold.commit().await?;
+        }
         // Lost here (the service's database away), the count waits in the ledger for
         // `Targets::sync_counts`, which runs before the task can complete.
         if let Err(e) = ledger::forward(self.targets.main(), database, &entries).await {
@@ -127,7 +173,9 @@ impl On<'_> {
     /// conversations: 120 ms, where the batch statement's two passes over the heap (pick the
     /// addresses, then delete by address) and its `RETURNING` took 150-180.
     async fn leaf(&self, store: usize, sql: &LeafSql, limit: i64) -> Result<Batch, sqlx::Error> {
-        let mut tx = self.begin(false).await?;
+        let Some(mut tx) = self.begin(false, &[self.target.request]).await? else {
+            return Ok(Batch::cancelled());
+        };
         // Not a prepared statement: planned with its values each time, the user list becomes
         // a constant, and PostgreSQL re-checks each deleted row's user against a hash of it
         // instead of a linear scan of up to 1,000 ids (a generic plan of a cached statement
@@ -153,7 +201,12 @@ impl On<'_> {
         limit: i64,
     ) -> Result<Option<StoreRows>, sqlx::Error> {
         let target = self.target;
-        let mut tx = self.begin(true).await?;
+        let Some(mut tx) = self.begin(true, &[target.request]).await? else {
+            return Ok(Some(StoreRows {
+                store,
+                ..StoreRows::default()
+            }));
+        };
         let counts: Vec<(BotId, i64)> = sqlx::query_as(sql.count.clone())
             .persistent(false)
             .bind(target.users)
@@ -213,7 +266,11 @@ impl On<'_> {
             }
         }
         let (users, requests): (Vec<&PlatformUserId>, Vec<&RequestId>) = owners.into_iter().unzip();
-        let mut tx = self.begin(false).await?;
+        let held: Vec<&RequestId> = targets.iter().map(|t| t.request).collect();
+        // A cancelled request among them: each is then worked alone, and checked alone.
+        let Some(mut tx) = self.begin(false, &held).await? else {
+            return Ok(None);
+        };
         // Planned with its values, like the batch statement: the user list becomes a constant.
         let (fits, per_request, bots, rows): (bool, Vec<RequestId>, Vec<BotId>, Vec<i64>) =
             sqlx::query_as(sql.together.clone())
@@ -254,7 +311,9 @@ impl On<'_> {
     /// being attached to a row about to go (the platform's insert waits, then fails its own
     /// foreign key check, as it would had the row been deleted first).
     async fn tree(&self, store: usize, sql: &TreeSql, limit: i64) -> Result<Batch, sqlx::Error> {
-        let mut tx = self.begin(false).await?;
+        let Some(mut tx) = self.begin(false, &[self.target.request]).await? else {
+            return Ok(Batch::cancelled());
+        };
         let picked: Vec<String> = sqlx::query_scalar(sql.pick.clone())
             .persistent(false)
             .bind(self.target.users)
@@ -297,7 +356,9 @@ impl On<'_> {
         sql: &AnonymizeSql,
         limit: i64,
     ) -> Result<Batch, sqlx::Error> {
-        let mut tx = self.begin(false).await?;
+        let Some(mut tx) = self.begin(false, &[self.target.request]).await? else {
+            return Ok(Batch::cancelled());
+        };
         let mut query = sqlx::query_as(sql.batch.clone())
             .persistent(false)
             .bind(self.target.users)

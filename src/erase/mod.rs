@@ -38,6 +38,10 @@ pub struct Target<'a> {
     pub request: &'a RequestId,
     pub bots: &'a [BotId],
     pub users: &'a [PlatformUserId],
+    /// The state the request must be in for a batch to delete anything, checked in the
+    /// batch's transaction: `in-progress` for a task (so that no batch starts after a
+    /// cancel), `completed` for a verification's late rows.
+    pub while_status: crate::domain::RequestStatus,
 }
 
 /// A database error, with the database it came from (`None`: the service's own).
@@ -92,6 +96,17 @@ pub struct Batch {
     /// No row of the users in the bots is left in the root store (as of the statement's
     /// snapshot), hence none in its descendants either.
     pub drained: bool,
+}
+
+impl Batch {
+    /// What a batch of a request no longer in progress (cancelled) does: nothing, and its
+    /// task has nothing left to do.
+    pub fn cancelled() -> Self {
+        Self {
+            stores: Vec::new(),
+            drained: true,
+        }
+    }
 }
 
 /// A root store with its statements.

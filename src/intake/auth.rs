@@ -11,6 +11,7 @@ use crate::{
     store::{
         self,
         apps::{self, App},
+        requests::UsedJti,
     },
 };
 
@@ -39,6 +40,10 @@ pub enum AuthError {
     NotYetValid,
     #[error("the app lacks the scope delete_users_data")]
     Scope,
+    #[error("this app's tokens must carry jti, iat and exp")]
+    JtiRequired,
+    #[error("this token was already used")]
+    Replayed,
     #[error("authentication is unavailable: {0}")]
     Unavailable(String),
 }
@@ -72,8 +77,24 @@ pub fn token_from_headers(headers: &HeaderMap) -> Result<&str, AuthError> {
     Ok(raw)
 }
 
-/// Verifies the token and returns its app, which holds the scope.
+/// Verifies the token and returns its app, which holds the scope; a single-use token's id is
+/// recorded (refused when used before).
 pub async fn authenticate(pool: &PgPool, secret_key: &[u8], token: &str) -> Result<App, AuthError> {
+    let (app, jti) = verify(pool, secret_key, token).await?;
+    if let Some(jti) = jti {
+        use_once(pool, &app.client_id, &jti).await?;
+    }
+    Ok(app)
+}
+
+/// Verifies the token and returns its app, which holds the scope, and for an app with
+/// single-use tokens the token's id, which the caller must record ([`use_once`], or in the
+/// erase call's own statement).
+pub async fn verify(
+    pool: &PgPool,
+    secret_key: &[u8],
+    token: &str,
+) -> Result<(App, Option<UsedJti>), AuthError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Algorithm)?;
     if !matches!(header.alg, Algorithm::HS256 | Algorithm::RS256) {
         return Err(AuthError::Algorithm);
@@ -122,18 +143,70 @@ pub async fn authenticate(pool: &PgPool, secret_key: &[u8], token: &str) -> Resu
     validation.validate_nbf = true;
     validation.validate_aud = false;
     validation.leeway = 30;
-    jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).map_err(|e| {
-        match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-            jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-            jsonwebtoken::errors::ErrorKind::InvalidSignature => AuthError::Signature,
-            _ => AuthError::Malformed,
-        }
-    })?;
+    let verified =
+        jsonwebtoken::decode::<SingleUse>(token, &key, &validation).map_err(|e| {
+            match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => AuthError::Signature,
+                _ => AuthError::Malformed,
+            }
+        })?;
     if !app.scopes.iter().any(|s| s == SCOPE) {
         return Err(AuthError::Scope);
     }
-    Ok(app)
+    let jti = if app.enforce_jti {
+        Some(single_use(&verified.claims)?)
+    } else {
+        None
+    };
+    Ok((app, jti))
+}
+
+/// Longest `jti` of a single-use token, in bytes.
+pub const MAX_JTI_BYTES: usize = 128;
+/// Longest life (`exp - iat`) of a single-use token, in seconds.
+pub const MAX_SINGLE_USE_SECONDS: i64 = 3600;
+
+/// The claims that make a token single-use (DESIGN.md section 10).
+#[derive(Deserialize)]
+struct SingleUse {
+    jti: Option<serde_json::Value>,
+    iat: Option<serde_json::Value>,
+    exp: Option<serde_json::Value>,
+}
+
+/// The id of a single-use token of an app with `--enforce-jti`: refused without a usable
+/// `jti`, `iat` and `exp` at most [`MAX_SINGLE_USE_SECONDS`] apart (`JtiRequired`).
+fn single_use(claims: &SingleUse) -> Result<UsedJti, AuthError> {
+    let jti = match &claims.jti {
+        Some(serde_json::Value::String(j)) if !j.is_empty() && j.len() <= MAX_JTI_BYTES => j,
+        _ => return Err(AuthError::JtiRequired),
+    };
+    let (Some(iat), Some(exp)) = (
+        claims.iat.as_ref().and_then(serde_json::Value::as_i64),
+        claims.exp.as_ref().and_then(serde_json::Value::as_i64),
+    ) else {
+        return Err(AuthError::JtiRequired);
+    };
+    if exp < iat || exp - iat > MAX_SINGLE_USE_SECONDS {
+        return Err(AuthError::JtiRequired);
+    }
+    let expires_at = chrono::DateTime::from_timestamp(exp, 0).ok_or(AuthError::JtiRequired)?;
+    Ok(UsedJti {
+        jti: jti.clone(),
+        expires_at,
+    })
+}
+
+/// Records the first use of a single-use token (one indexed insert, shared by every intake
+/// replica): `Replayed` when the app used this id before and its `exp` has not passed.
+pub async fn use_once(pool: &PgPool, client_id: &str, jti: &UsedJti) -> Result<(), AuthError> {
+    match store::jtis::use_once(pool, client_id, &jti.jti, jti.expires_at).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(AuthError::Replayed),
+        Err(e) => Err(AuthError::Unavailable(store::describe(&e))),
+    }
 }
 
 /// Mints a token for an app (the `erasure token` command and tests).
@@ -146,9 +219,23 @@ pub fn mint_hs256(
     if let Some(ttl) = ttl_seconds {
         claims["exp"] = (chrono::Utc::now().timestamp() + ttl).into();
     }
+    sign_hs256(&claims, secret)
+}
+
+/// Mints a single-use token: a fresh `jti`, `iat` now and `exp` after `ttl_seconds` (for apps
+/// with `--enforce-jti`; `erasure token --jti`).
+pub fn mint_single_use(client_id: &str, secret: &str, ttl_seconds: i64) -> anyhow::Result<String> {
+    let now = chrono::Utc::now().timestamp();
+    let claims = serde_json::json!({"appId": client_id, "sub": client_id, "iat": now,
+                                    "exp": now + ttl_seconds, "jti": uuid::Uuid::new_v4().to_string()});
+    sign_hs256(&claims, secret)
+}
+
+/// Signs any claims with HS256 and the app's secret.
+pub fn sign_hs256(claims: &serde_json::Value, secret: &str) -> anyhow::Result<String> {
     Ok(jsonwebtoken::encode(
         &jsonwebtoken::Header::new(Algorithm::HS256),
-        &claims,
+        claims,
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())?,
     )?)
 }

@@ -15,11 +15,12 @@ use axum::{
 use tracing::Instrument;
 
 use super::{
-    IntakeState,
+    IntakeState, auth,
     error::{IntakeError, Outcome, Stage},
-    extract::{Authenticated, IdempotencyKey},
+    extract::{AuthenticatedOnce, IdempotencyKey},
 };
 use crate::{
+    callback::ssrf,
     contract::{self, ERASE_ROUTING_KEY, EraseMessage, EraseRequest, FieldError, RequestId},
     domain::{AccountId, BotId, RequestStatus},
     secrets,
@@ -27,7 +28,7 @@ use crate::{
         self,
         apps::App,
         platform,
-        requests::{self, NewRequest, Source},
+        requests::{self, NewRequest, Source, UsedJti},
     },
 };
 
@@ -45,22 +46,51 @@ pub(super) async fn erase(
     State(state): State<IntakeState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     // Before the body is read: an unauthenticated call learns nothing of it (401, never 413).
-    Authenticated(app): Authenticated,
+    AuthenticatedOnce(app, jti): AuthenticatedOnce,
     // Checked after the body: a bad body is answered as such whatever the key.
     key: Result<IdempotencyKey, IntakeError>,
     request: Request,
 ) -> Result<Accepted, IntakeError> {
     let body = read_body(request, state.config.http.max_body_bytes).await?;
-    let erase = contract::parse_erase_body(&body, &state.limits).map_err(IntakeError::Invalid)?;
+    let mut erase =
+        contract::parse_erase_body(&body, &state.limits).map_err(IntakeError::Invalid)?;
+    check_callback(&state, &app, &mut erase)?;
     let IdempotencyKey(key) = key?;
     let digest = secrets::body_digest(&body);
     if let Some(key) = &key
         && let Some(first) = replay(&state, &app, key, &digest).await?
     {
+        // A single-use token is used by the retry too (it records nothing else).
+        if let Some(jti) = &jti {
+            auth::use_once(&state.pool, &app.client_id, jti).await?;
+        }
         return Ok(first);
     }
     check_bots(&state, &app, &erase).await?;
-    record(&state, &app, peer, erase, key, digest).await
+    record(&state, &app, peer, erase, key, digest, jti.as_ref()).await
+}
+
+/// The request's callback URL, the body's or else the app's default, checked against the SSRF
+/// rules (DESIGN.md section 10); the app must have a webhook secret to sign it with.
+fn check_callback(
+    state: &IntakeState,
+    app: &App,
+    erase: &mut EraseRequest,
+) -> Result<(), IntakeError> {
+    if erase.callback_url.is_none() {
+        erase.callback_url = app.callback_url.clone();
+    }
+    let Some(url) = &erase.callback_url else {
+        return Ok(());
+    };
+    let allow = ssrf::AllowList(state.config.callback.allow_hosts.clone());
+    ssrf::check_url(url, &allow).map_err(|e| IntakeError::InvalidCallbackUrl(e.to_string()))?;
+    if !app.has_webhook_secret {
+        return Err(IntakeError::InvalidCallbackUrl(
+            "this app has no webhook secret to sign callbacks with (erasure app rotate-webhook-secret)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The 202 answer: a request just recorded, or the first answer to a retried call.
@@ -170,6 +200,7 @@ async fn record(
     request: EraseRequest,
     key: Option<String>,
     digest: String,
+    jti: Option<&UsedJti>,
 ) -> Result<Accepted, IntakeError> {
     let request_id = RequestId::generate();
     tracing::Span::current().record("request_id", tracing::field::display(&request_id));
@@ -197,10 +228,13 @@ async fn record(
         &new,
         ERASE_ROUTING_KEY,
         &message.to_json(),
+        jti,
     )
     .await
     {
         Ok(Some(queued)) => queued,
+        // Nothing recorded because the single-use token was used before.
+        Ok(None) if jti.is_some() => return Err(IntakeError::TokenReplayed),
         // A fresh random id cannot exist already unless the generator is broken; never
         // answer 202 for a request that was not recorded.
         Ok(None) => {

@@ -26,6 +26,7 @@ crate::telemetry::label_values! {
         TooLarge => "too_large",
         IdempotencyConflict => "idempotency_conflict",
         RateLimited => "rate_limited",
+        TokenReplayed => "token_replayed",
         Unavailable => "unavailable",
     }
 }
@@ -108,6 +109,21 @@ pub enum IntakeError {
     /// 404.
     #[error("no such endpoint")]
     NoSuchEndpoint,
+    /// 409: a cancel of a request that settled otherwise first.
+    #[error("the request has already settled; it can no longer be cancelled")]
+    AlreadySettled,
+    /// 401: an app with single-use tokens got a token without `jti`, `iat` or `exp`, or
+    /// living longer than an hour.
+    #[error(
+        "this app's tokens must carry jti (at most 128 bytes), iat and exp, with exp - iat at most 3600 s"
+    )]
+    JtiRequired,
+    /// 401: a single-use token used before.
+    #[error("this token was already used")]
+    TokenReplayed,
+    /// 400: the callback URL breaks the rules of DESIGN.md section 10.
+    #[error("{0}")]
+    InvalidCallbackUrl(String),
     /// 409: no receipt yet: the request is not settled and verified (DESIGN.md section 12).
     #[error("the request has no receipt yet: it is not settled and verified")]
     NotVerified,
@@ -136,13 +152,16 @@ impl IntakeError {
 
     fn status(&self) -> StatusCode {
         match self {
-            Self::Invalid(_) | Self::InvalidIdempotencyKey | Self::UnknownBots(_) => {
-                StatusCode::BAD_REQUEST
+            Self::Invalid(_)
+            | Self::InvalidIdempotencyKey
+            | Self::UnknownBots(_)
+            | Self::InvalidCallbackUrl(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) | Self::JtiRequired | Self::TokenReplayed => {
+                StatusCode::UNAUTHORIZED
             }
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::ForeignBots(_) => StatusCode::FORBIDDEN,
             Self::NoSuchRequest | Self::NoSuchEndpoint => StatusCode::NOT_FOUND,
-            Self::NotVerified => StatusCode::CONFLICT,
+            Self::NotVerified | Self::AlreadySettled => StatusCode::CONFLICT,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -154,7 +173,11 @@ impl IntakeError {
     /// call (404s, and a status query the database could not serve).
     fn refusal(&self) -> Option<Refusal> {
         Some(match self {
-            Self::Invalid(_) | Self::InvalidIdempotencyKey => Refusal::Invalid,
+            Self::Invalid(_) | Self::InvalidIdempotencyKey | Self::InvalidCallbackUrl(_) => {
+                Refusal::Invalid
+            }
+            Self::JtiRequired => Refusal::Unauthorized,
+            Self::TokenReplayed => Refusal::TokenReplayed,
             Self::UnknownBots(_) => Refusal::UnknownBot,
             Self::Unauthorized(_) => Refusal::Unauthorized,
             Self::Forbidden(_) => Refusal::Forbidden,
@@ -169,7 +192,8 @@ impl IntakeError {
             Self::Unavailable { .. }
             | Self::NoSuchRequest
             | Self::NoSuchEndpoint
-            | Self::NotVerified => return None,
+            | Self::NotVerified
+            | Self::AlreadySettled => return None,
         })
     }
 
@@ -184,6 +208,10 @@ impl IntakeError {
             Self::Forbidden(_) => ("forbidden", None),
             Self::NoSuchRequest | Self::NoSuchEndpoint => ("not_found", None),
             Self::NotVerified => ("not_verified", None),
+            Self::AlreadySettled => ("already_settled", None),
+            Self::JtiRequired => ("jti_required", None),
+            Self::TokenReplayed => ("token_replayed", None),
+            Self::InvalidCallbackUrl(_) => ("invalid_callback_url", Some("callbackUrl")),
             Self::TooLarge { .. } => ("too_large", None),
             Self::IdempotencyKeyReused => ("idempotency_key_reused", Some("Idempotency-Key")),
             Self::RateLimited { .. } => ("rate_limited", None),
@@ -201,6 +229,8 @@ impl From<AuthError> for IntakeError {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::Scope => Self::Forbidden(e),
+            AuthError::JtiRequired => Self::JtiRequired,
+            AuthError::Replayed => Self::TokenReplayed,
             AuthError::Unavailable(cause) => Self::Unavailable {
                 stage: Stage::Authentication,
                 cause,

@@ -4,7 +4,7 @@
 use axum::{extract::FromRequestParts, http::request::Parts};
 
 use super::{IntakeState, auth, error::IntakeError};
-use crate::store::apps::App;
+use crate::store::{apps::App, requests::UsedJti};
 
 /// The app whose token signed the call, within its rate limit.
 pub struct Authenticated(pub App);
@@ -24,6 +24,28 @@ impl FromRequestParts<IntakeState> for Authenticated {
             .check(&app.client_id)
             .map_err(|retry_after| IntakeError::RateLimited { retry_after })?;
         Ok(Self(app))
+    }
+}
+
+/// The app whose token signed an erase call, within its rate limit, and the id of its
+/// single-use token, which the erase records in its own statement (no further round trip).
+pub struct AuthenticatedOnce(pub App, pub Option<UsedJti>);
+
+impl FromRequestParts<IntakeState> for AuthenticatedOnce {
+    type Rejection = IntakeError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &IntakeState,
+    ) -> Result<Self, IntakeError> {
+        let token = auth::token_from_headers(&parts.headers)?;
+        let (app, jti) =
+            auth::verify(&state.pool, &state.config.keys.secret_key.bytes, token).await?;
+        state
+            .rate
+            .check(&app.client_id)
+            .map_err(|retry_after| IntakeError::RateLimited { retry_after })?;
+        Ok(Self(app, jti))
     }
 }
 

@@ -17,7 +17,7 @@ use std::sync::{Arc, atomic::AtomicBool};
 
 use axum::{
     Router, middleware,
-    routing::{delete, get},
+    routing::{delete, get, post},
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
@@ -29,6 +29,7 @@ use crate::{
 pub const ERASE_PATH: &str = "/api/public/bot/eraseUsersData";
 pub const STATUS_PATH: &str = "/api/public/bot/eraseUsersData/status/{request_id}";
 pub const RECEIPT_PATH: &str = "/api/public/bot/eraseUsersData/{request_id}/receipt";
+pub const CANCEL_PATH: &str = "/api/public/bot/eraseUsersData/{request_id}/cancel";
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 
 #[derive(Clone)]
@@ -61,6 +62,7 @@ pub fn router(state: IntakeState, api: bool) -> Router {
             )
             .route(STATUS_PATH, get(status::status))
             .route(RECEIPT_PATH, get(receipt::receipt))
+            .route(CANCEL_PATH, post(status::cancel))
             .route(JWKS_PATH, get(receipt::jwks));
     }
     r.route("/healthz", get(ops::healthz))

@@ -44,7 +44,7 @@ impl Proof {
     pub fn of(status: RequestStatus) -> Self {
         match status {
             RequestStatus::Completed => Self::Verified,
-            RequestStatus::Rejected => Self::AtOnce,
+            RequestStatus::Rejected | RequestStatus::Cancelled => Self::AtOnce,
             RequestStatus::InProgress | RequestStatus::Failed => Self::Unsettled,
         }
     }
@@ -238,7 +238,10 @@ mod tests {
     #[test]
     fn each_state_has_one_answer_and_the_settled_ones_have_a_receipt() {
         assert_eq!(Proof::of(RequestStatus::Completed), Proof::Verified);
-        assert_eq!(Proof::AtOnce.statuses(), [RequestStatus::Rejected]);
+        assert_eq!(
+            Proof::AtOnce.statuses(),
+            [RequestStatus::Rejected, RequestStatus::Cancelled]
+        );
         assert_eq!(
             Proof::Unsettled.statuses(),
             [RequestStatus::InProgress, RequestStatus::Failed]

@@ -5,7 +5,9 @@
 //! statement or transaction, and the arrows that settle a request count it in the metrics.
 
 pub mod apps;
+pub mod callbacks;
 pub mod dead_letters;
+pub mod jtis;
 pub mod outbox;
 pub mod pace;
 pub mod planning;

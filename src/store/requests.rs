@@ -44,26 +44,38 @@ pub struct NewRequest<'a> {
 }
 
 /// The request and its users, inserted together (`r`, `u`), nothing when the id exists.
-/// Parameters: $1–$11 the request's columns, $12/$13 the users' refs and kinds.
+/// Parameters: $1–$11 and $14 the request's columns, $12/$13 the users' refs and kinds.
+/// `$prefix` opens the `WITH` (and may add CTEs before `r`); `$source` gives `r` its row.
 macro_rules! insert_request_sql {
     () => {
-        "WITH r AS (
+        insert_request_sql!(
+            "WITH ",
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $14)"
+        )
+    };
+    ($prefix:literal, $source:literal) => {
+        concat!(
+            $prefix,
+            "r AS (
             INSERT INTO erasure.requests
                  (request_id, account_id, requested_by, source, client_addr, remove_data_from_all_bots,
-                  bot_ids, users_total, idempotency_key, body_digest, requested_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                  bot_ids, users_total, idempotency_key, body_digest, requested_at, callback_url)
+             ",
+            $source,
+            "
              ON CONFLICT (request_id) DO NOTHING
              RETURNING request_id),
           u AS (
             INSERT INTO erasure.request_users (request_id, position, user_ref, kind)
              SELECT r.request_id, t.ord - 1, t.ref, t.kind
                FROM r, unnest($12::text[], $13::text[]) WITH ORDINALITY AS t(ref, kind, ord))"
+        )
     };
 }
 
 type ScalarQuery<'q, O> = sqlx::query::QueryScalar<'q, Postgres, O, sqlx::postgres::PgArguments>;
 
-/// Binds $1–$13 of [`insert_request_sql`].
+/// Binds $1–$14 of [`insert_request_sql`].
 fn bind_request<'q, O>(
     q: ScalarQuery<'q, O>,
     r: &'q NewRequest<'_>,
@@ -82,6 +94,7 @@ fn bind_request<'q, O>(
         .bind(r.requested_at)
         .bind(&users.0)
         .bind(&users.1)
+        .bind(&r.request.callback_url)
 }
 
 /// Inserts the request and its users in one statement; `false` when a request with this id
@@ -101,23 +114,43 @@ pub(super) async fn insert(
     Ok(inserted == 1)
 }
 
+/// A single-use token's id, recorded by the call it authenticates (`erasure.used_jtis`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsedJti {
+    pub jti: String,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// Records a new request, its users and its outbox message in ONE statement, hence one
 /// round trip and one commit (the intake's hot path). Atomic like a transaction: either all
-/// three are recorded or none. `None` when a request with this id already exists (then
-/// nothing is written).
+/// three are recorded or none. `None` when a request with this id already exists, or when
+/// `jti` (the id of the single-use token of the call, of the app `requested_by`) was used
+/// before and has not expired: then nothing is written. The token's id is recorded by the same
+/// statement (one indexed insert, no further round trip or commit).
 pub async fn insert_with_outbox(
     pool: &PgPool,
     r: &NewRequest<'_>,
     routing_key: &str,
     payload: &[u8],
+    jti: Option<&UsedJti>,
 ) -> Result<Option<OutboxMessage>, sqlx::Error> {
     let users = user_columns(&r.request.user_ids);
     let id: Option<i64> = bind_request(
         sqlx::query_scalar(concat!(
-            insert_request_sql!(),
+            insert_request_sql!(
+                "WITH j AS (
+                    INSERT INTO erasure.used_jtis (client_id, jti, expires_at)
+                     SELECT $3, $17, $18 WHERE $17::text IS NOT NULL
+                     ON CONFLICT (client_id, jti) DO UPDATE SET expires_at = EXCLUDED.expires_at
+                      WHERE erasure.used_jtis.expires_at < now()
+                     RETURNING 1),
+                 ",
+                "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $14
+                  WHERE $17::text IS NULL OR EXISTS (SELECT 1 FROM j)"
+            ),
             ", o AS (
                 INSERT INTO erasure.outbox (routing_key, message_id, payload)
-                 SELECT $14, r.request_id, $15 FROM r
+                 SELECT $15, r.request_id, $16 FROM r
                  RETURNING id)
              SELECT id FROM o"
         )),
@@ -126,6 +159,8 @@ pub async fn insert_with_outbox(
     )
     .bind(routing_key)
     .bind(payload)
+    .bind(jti.map(|j| j.jti.as_str()))
+    .bind(jti.map(|j| j.expires_at))
     .fetch_optional(pool)
     .await?;
     Ok(id.map(|id| OutboxMessage {
@@ -294,6 +329,7 @@ pub(super) async fn settle(
         .bind([UserStatus::InProgress, UserStatus::Failed])
         .execute(&mut **tx)
         .await?;
+        super::callbacks::enqueue(tx, &ids).await?;
     }
     Ok(settled
         .into_iter()
@@ -334,12 +370,108 @@ pub(super) async fn fail(
     .bind([UserStatus::InProgress, UserStatus::Failed])
     .execute(&mut **tx)
     .await?;
+    if was
+        .as_ref()
+        .is_some_and(|(prev, _)| *prev == RequestStatus::InProgress)
+    {
+        super::callbacks::enqueue(tx, &[id]).await?;
+    }
     Ok(was
         .filter(|(prev, _)| *prev == RequestStatus::InProgress)
         .map(|(_, seconds)| Settled {
             status: RequestStatus::Failed,
             seconds,
         }))
+}
+
+/// Holds the rows of `ids` `FOR SHARE` in a batch's transaction (on `conn`) while they are
+/// in `status` (`in-progress` for a task's batch): `false` when any is not (cancelled, or
+/// settled otherwise), and then the batch must delete nothing. The cancel arrow's row lock waits for the batch to commit, and a
+/// batch that starts after a cancel commits sees it: no batch starts after a cancel. Locked in
+/// the order of their ids, as the complete arrow locks them, so the two never deadlock.
+pub async fn hold_while(
+    conn: &mut sqlx::PgConnection,
+    ids: &[&RequestId],
+    status: RequestStatus,
+) -> Result<bool, sqlx::Error> {
+    let held: Vec<RequestId> = sqlx::query_scalar(
+        "SELECT request_id FROM erasure.requests
+          WHERE request_id = ANY($1) AND status = $2
+          ORDER BY request_id FOR SHARE",
+    )
+    .bind(ids)
+    .bind(status)
+    .fetch_all(conn)
+    .await?;
+    Ok(ids.iter().all(|id| held.iter().any(|h| h == *id)))
+}
+
+/// What a cancel found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cancel {
+    /// This call cancelled the request.
+    Cancelled(Settled),
+    /// An earlier call did.
+    AlreadyCancelled,
+    /// The request had settled otherwise first.
+    AlreadySettled(RequestStatus),
+    /// No such request (in this account).
+    Unknown,
+}
+
+/// The cancel arrow (`in-progress → cancelled`; users `IN_PROGRESS → CANCELLED`; tasks not
+/// done `→ cancelled`, so they never run again), with the request's callback queued, in one
+/// transaction. Its row lock waits for the batches running on the request (each holds the
+/// row `FOR SHARE` while it deletes), and a batch that starts after it commits finds the
+/// request no longer in progress and deletes nothing: rows erased before stay counted.
+pub async fn cancel(
+    pool: &PgPool,
+    id: &RequestId,
+    account_id: Option<&AccountId>,
+) -> Result<Cancel, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let status: Option<RequestStatus> = sqlx::query_scalar(
+        "SELECT status FROM erasure.requests
+          WHERE request_id = $1 AND ($2::text IS NULL OR account_id = $2) FOR UPDATE",
+    )
+    .bind(id)
+    .bind(account_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    match status {
+        None => return Ok(Cancel::Unknown),
+        Some(RequestStatus::Cancelled) => return Ok(Cancel::AlreadyCancelled),
+        Some(RequestStatus::InProgress) => {}
+        Some(other) => return Ok(Cancel::AlreadySettled(other)),
+    }
+    let seconds: f64 = sqlx::query_scalar(
+        "UPDATE erasure.requests
+            SET status = $2, failure_reason = NULL, completed_at = now(), updated_at = now()
+          WHERE request_id = $1
+         RETURNING extract(epoch FROM completed_at - created_at)::float8",
+    )
+    .bind(id)
+    .bind(RequestStatus::Cancelled)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE erasure.request_users SET status = $2, reason = NULL
+          WHERE request_id = $1 AND status = ANY($3)",
+    )
+    .bind(id)
+    .bind(UserStatus::Cancelled)
+    .bind([UserStatus::InProgress, UserStatus::Failed])
+    .execute(&mut *tx)
+    .await?;
+    super::tasks::cancel(&mut tx, id).await?;
+    super::callbacks::enqueue(&mut tx, &[id]).await?;
+    tx.commit().await?;
+    let settled = Settled {
+        status: RequestStatus::Cancelled,
+        seconds,
+    };
+    settled.record();
+    Ok(Cancel::Cancelled(settled))
 }
 
 /// The reopen arrow (`failed → in-progress`, users `FAILED → IN_PROGRESS`, tasks
@@ -382,6 +514,7 @@ struct StatusRow {
     tasks_total: i32,
     tasks_done: i32,
     failure_reason: Option<String>,
+    has_callback: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -402,7 +535,8 @@ pub async fn status_document(
 ) -> Result<Option<StatusDocument>, sqlx::Error> {
     let row: Option<StatusRow> = sqlx::query_as(
         "SELECT request_id, status, created_at, updated_at, completed_at,
-                remove_data_from_all_bots, tasks_total, tasks_done, failure_reason
+                remove_data_from_all_bots, tasks_total, tasks_done, failure_reason,
+                callback_url IS NOT NULL AS has_callback
            FROM erasure.requests
           WHERE request_id = $1 AND ($2::text IS NULL OR account_id = $2)",
     )
@@ -428,6 +562,19 @@ pub async fn status_document(
         .collect();
     let progress = progress(pool, catalog, &r).await?;
     let verification = super::proofs::verification(pool, catalog, id).await?;
+    let callback = if r.has_callback {
+        Some(
+            super::callbacks::delivery(pool, id)
+                .await?
+                .unwrap_or_else(|| super::callbacks::Delivery {
+                    state: super::callbacks::PENDING.into(),
+                    attempts: 0,
+                    last_status: None,
+                }),
+        )
+    } else {
+        None
+    };
     Ok(Some(StatusDocument {
         id: r.request_id.clone(),
         request_id: r.request_id,
@@ -440,6 +587,7 @@ pub async fn status_document(
         progress,
         failure_reason: r.failure_reason,
         verification,
+        callback,
     }))
 }
 
@@ -492,6 +640,8 @@ pub struct Summary {
     pub tasks_done: i32,
     pub rows_deleted: i64,
     pub failure_reason: Option<String>,
+    /// The delivery state of its latest callback (`pending` until settled), if it has one.
+    pub callback: Option<String>,
 }
 
 pub async fn list(
@@ -500,10 +650,16 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<Summary>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT request_id, account_id, status, created_at, tasks_total, tasks_done, rows_deleted, failure_reason
-           FROM erasure.request_status
-          WHERE $1::text IS NULL OR status = $1
-          ORDER BY created_at DESC LIMIT $2",
+        "SELECT s.request_id, s.account_id, s.status, s.created_at, s.tasks_total, s.tasks_done,
+                s.rows_deleted, s.failure_reason,
+                CASE WHEN r.callback_url IS NULL THEN NULL
+                     ELSE COALESCE((SELECT c.state FROM erasure.callbacks c
+                                     WHERE c.request_id = s.request_id
+                                     ORDER BY c.event_at DESC, c.webhook_id LIMIT 1), 'pending')
+                END AS callback
+           FROM erasure.request_status s JOIN erasure.requests r USING (request_id)
+          WHERE $1::text IS NULL OR s.status = $1
+          ORDER BY s.created_at DESC LIMIT $2",
     )
     .bind(status)
     .bind(limit)

@@ -38,7 +38,11 @@ pub async fn redact_due(
     )
     .bind(retention.as_secs_f64())
     .bind(BATCH as i64)
-    .bind([RequestStatus::Completed, RequestStatus::Rejected])
+    .bind([
+        RequestStatus::Completed,
+        RequestStatus::Rejected,
+        RequestStatus::Cancelled,
+    ])
     .fetch_all(&mut *tx)
     .await?;
     for id in &due {

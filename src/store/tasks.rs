@@ -227,7 +227,7 @@ pub async fn complete(
         "WITH w AS (SELECT t.request_id, t.bot_id FROM erasure.tasks t
                       JOIN unnest($1::text[], $2::text[]) AS w(request_id, bot_id)
                         ON t.request_id = w.request_id AND t.bot_id = w.bot_id
-                     WHERE t.status <> $3
+                     WHERE t.status <> $3 AND t.status <> $5
                      ORDER BY t.request_id, t.bot_id FOR UPDATE OF t)
          UPDATE erasure.tasks t
             SET status = $3, failure_reason = NULL, started_at = COALESCE(t.started_at, $4),
@@ -239,6 +239,7 @@ pub async fn complete(
     .bind(&bots)
     .bind(TaskStatus::Done)
     .bind(started)
+    .bind(TaskStatus::Cancelled)
     .fetch_all(&mut *tx)
     .await?;
     let mut counts: Vec<(&RequestId, i32)> = Vec::new();
@@ -312,13 +313,13 @@ pub async fn advance(
     let advanced: Vec<BotId> = sqlx::query_scalar(
         "UPDATE erasure.tasks
             SET slice = slice + 1, started_at = COALESCE(started_at, $5), updated_at = now()
-          WHERE request_id = $1 AND bot_id = ANY($2) AND slice = $3 AND status <> $4
+          WHERE request_id = $1 AND bot_id = ANY($2) AND slice = $3 AND status <> ALL($4)
           RETURNING bot_id",
     )
     .bind(id)
     .bind(bots)
     .bind(slice)
-    .bind(TaskStatus::Done)
+    .bind([TaskStatus::Done, TaskStatus::Cancelled])
     .bind(started)
     .fetch_all(&mut *tx)
     .await?;
@@ -341,12 +342,30 @@ pub(super) async fn fail(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE erasure.tasks SET status = $4, failure_reason = $3, updated_at = now()
-          WHERE request_id = $1 AND bot_id = ANY($2) AND status <> $5",
+          WHERE request_id = $1 AND bot_id = ANY($2) AND status <> ALL($5)",
     )
     .bind(id)
     .bind(bots)
     .bind(reason)
     .bind(TaskStatus::Failed)
+    .bind([TaskStatus::Done, TaskStatus::Cancelled])
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The cancel arrow of tasks (every task not done `→ cancelled`), part of cancelling their
+/// request: they never run again.
+pub(super) async fn cancel(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &RequestId,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE erasure.tasks SET status = $2, updated_at = now()
+          WHERE request_id = $1 AND status <> $3",
+    )
+    .bind(id)
+    .bind(TaskStatus::Cancelled)
     .bind(TaskStatus::Done)
     .execute(&mut **tx)
     .await?;

@@ -15,7 +15,7 @@ use super::{
 use crate::{
     catalog::Action,
     contract::{RequestId, TASK_ROUTING_KEY, TaskMessage},
-    domain::{BotId, PlatformUserId, TaskStatus},
+    domain::{BotId, PlatformUserId},
     erase, retry,
     store::{self, dead_letters::Subject, requests, tasks},
 };
@@ -109,6 +109,7 @@ struct Work<'a> {
 impl Work<'_> {
     fn target(&self) -> erase::Target<'_> {
         erase::Target {
+            while_status: crate::domain::RequestStatus::InProgress,
             request: &self.msg.request_id,
             bots: &self.bots,
             users: &self.users,
@@ -218,12 +219,12 @@ async fn load(ctx: &Ctx, works: &mut [Work<'_>]) -> Result<(), JobError> {
         w.bots = group
             .tasks
             .iter()
-            .filter(|t| t.status != TaskStatus::Done && t.slice <= w.msg.slice)
+            .filter(|t| t.status.is_open() && t.slice <= w.msg.slice)
             .map(|t| t.bot_id.clone())
             .collect();
         w.users = group.erase_user_ids;
         if w.bots.is_empty() {
-            let done = group.tasks.iter().all(|t| t.status == TaskStatus::Done);
+            let done = group.tasks.iter().all(|t| !t.status.is_open());
             w.step = Some(Ok(if done { Step::Drained } else { Step::Stale }));
         } else if w.msg.slice == 0 {
             metrics::counter!("erasure_tasks_started_total").increment(w.bots.len() as u64);

@@ -626,6 +626,7 @@ async fn the_same_task_run_twice_at_once_counts_every_row_of_every_store_once() 
             user_ids: vec![erasure::contract::UserEntry::Id("u-1".into())],
             bot_ids: chat.target().into_iter().map(Into::into).collect(),
             remove_data_from_all_bots: false,
+            callback_url: None,
         },
         requested_by: "catalog-test".into(),
         requested_at: None,

@@ -45,6 +45,7 @@ impl TestEnv {
     }
 
     async fn create(vars: &[(&str, &str)], migrated: bool) -> Self {
+        erasure::client::install_tls();
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("erasure_test_{}", &id[..16]);
         let db_url = format!("{PG_BASE}/{db_name}");
@@ -205,14 +206,22 @@ impl TestEnv {
         let secret = secrets::new_client_secret();
         let sealed = secrets::seal(&self.config().keys.secret_key.bytes, secret.as_bytes());
         let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        // Every app has a webhook secret, as `erasure app create` gives it.
+        let webhook = erasure::callback::sign::new_secret();
+        let webhook = secrets::seal(&self.config().keys.secret_key.bytes, webhook.as_bytes());
         apps::insert(
             &self.pool,
-            &client_id,
-            &account.into(),
-            &scopes,
-            "HS256",
-            Some(&sealed),
-            None,
+            &apps::NewApp {
+                client_id: &client_id,
+                account_id: &account.into(),
+                scopes: &scopes,
+                algorithm: "HS256",
+                secret_sealed: Some(&sealed),
+                public_key_pem: None,
+                webhook_secret_sealed: Some(&webhook),
+                callback_url: None,
+                enforce_jti: false,
+            },
         )
         .await
         .unwrap();
@@ -343,7 +352,10 @@ impl Api {
     pub fn new(running: &Running) -> Self {
         Self {
             base: format!("http://{}", running.http_addr),
-            http: reqwest::Client::new(),
+            http: {
+                erasure::client::install_tls();
+                reqwest::Client::new()
+            },
         }
     }
 

@@ -42,6 +42,7 @@ fn message(users: &[&str], bots: &[BotId]) -> EraseMessage {
             user_ids: users.iter().map(|u| UserEntry::Id(u.to_string())).collect(),
             bot_ids: bots.to_vec(),
             remove_data_from_all_bots: false,
+            callback_url: None,
         },
         requested_by: "jobs-test".into(),
         requested_at: None,

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod bench_smoke;
+mod callbacks;
 mod catalog;
 mod cli;
 mod cluster;

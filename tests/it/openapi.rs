@@ -377,6 +377,40 @@ async fn check_receipts(
     }
 }
 
+/// The cancel route: 409 for a settled request, 404 unknown, 401 without a token, and 200 for
+/// a cancelled one (cancelling twice answers 200).
+async fn check_cancel(
+    doc: &Value,
+    base: &str,
+    covered: &mut BTreeSet<(String, String)>,
+    env: &TestEnv,
+    token: &str,
+    settled: &str,
+) {
+    let cancel = |id: &str| format!("/api/public/bot/eraseUsersData/{id}/cancel");
+    let unknown = format!("eud-{}", uuid::Uuid::new_v4());
+    for c in [
+        call("POST", &cancel(settled), 409).auth(token),
+        call("POST", &cancel(&unknown), 404).auth(token),
+        call("POST", &cancel(settled), 401),
+    ] {
+        check(doc, base, covered, c).await;
+    }
+    sqlx::query("UPDATE erasure.requests SET status = 'cancelled' WHERE request_id = $1")
+        .bind(settled)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let doc_ = check(
+        doc,
+        base,
+        covered,
+        call("POST", &cancel(settled), 200).auth(token),
+    )
+    .await;
+    assert_eq!(doc_["status"], "cancelled");
+}
+
 #[tokio::test]
 async fn every_documented_operation_answers_as_documented() {
     let doc = document();
@@ -479,6 +513,7 @@ async fn every_documented_operation_answers_as_documented() {
     .await;
     assert!(settled["completedOn"].is_string());
     assert_eq!(settled["response"][1]["userId"]["channelId"], "telegram");
+    check_cancel(&doc, &base, &mut covered, &env, &token, &id).await;
 
     let documented: BTreeSet<(String, String)> = doc["paths"]
         .as_object()

@@ -110,6 +110,7 @@ fn valid_request() -> impl Strategy<Value = EraseRequest> {
                 bot_ids.into_iter().map(Into::into).collect()
             },
             remove_data_from_all_bots: all,
+            callback_url: None,
         })
 }
 

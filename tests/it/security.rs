@@ -77,12 +77,17 @@ async fn rs256_app(env: &TestEnv, account: &str) -> String {
     let client_id = format!("cs-rs-{}", uuid::Uuid::new_v4());
     apps::insert(
         &env.pool,
-        &client_id,
-        &account.into(),
-        &[auth::SCOPE.to_string()],
-        "RS256",
-        None,
-        Some(PUBLIC_PEM),
+        &apps::NewApp {
+            client_id: &client_id,
+            account_id: &account.into(),
+            scopes: &[auth::SCOPE.to_string()],
+            algorithm: "RS256",
+            secret_sealed: None,
+            public_key_pem: Some(PUBLIC_PEM),
+            webhook_secret_sealed: None,
+            callback_url: None,
+            enforce_jti: false,
+        },
     )
     .await
     .unwrap();

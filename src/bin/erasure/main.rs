@@ -24,6 +24,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    erasure::client::install_tls();
     let result = match Cli::parse().command {
         Command::Service(command) => cli::run(cli::Cli { command }).await,
         Command::Bench(args) => bench::main(args).await,

@@ -34,6 +34,8 @@ pub enum Scenario {
     Ceiling,
     Child,
     Many,
+    /// Accepted calls/s at the intake, single-use tokens (`--enforce-jti`) or not.
+    Jti,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -202,7 +204,9 @@ fn validate(opts: &Options) -> anyhow::Result<()> {
     if sets > 0 && (opts.bots < 1 || opts.rows < 1) {
         bail!("--bots and --rows must be at least 1");
     }
-    if has(Scenario::Small) && (opts.small_requests < 1 || opts.small_rate <= 0.0) {
+    if (has(Scenario::Small) || has(Scenario::Jti))
+        && (opts.small_requests < 1 || opts.small_rate <= 0.0)
+    {
         bail!("--small-requests and --small-rate must be positive");
     }
     if has(Scenario::Many) && opts.many_concurrency == 0 {
@@ -211,7 +215,7 @@ fn validate(opts: &Options) -> anyhow::Result<()> {
     if opts.profile && !has(Scenario::Many) {
         bail!("--profile profiles the many scenario: add it to --scenarios");
     }
-    if has(Scenario::Small) && opts.small_concurrency == 0 {
+    if (has(Scenario::Small) || has(Scenario::Jti)) && opts.small_concurrency == 0 {
         bail!("--small-concurrency must be at least 1");
     }
     if has(Scenario::Big) && opts.big_rows < 1 {
@@ -314,6 +318,9 @@ async fn run_scenarios(opts: &Options) -> anyhow::Result<Figures> {
     }
     if bench.has(Scenario::Many) {
         scenarios::many::run(&bench, &mut figures).await?;
+    }
+    if bench.has(Scenario::Jti) {
+        scenarios::jti::run(&bench, &mut figures).await?;
     }
     intake.stop().await;
     bench.pool.close().await;

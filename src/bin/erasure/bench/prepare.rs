@@ -24,7 +24,7 @@ pub async fn platform(opts: &Options, pool: &PgPool, sets: i64) -> anyhow::Resul
         )
         .await?;
     }
-    if has(Scenario::Small) {
+    if has(Scenario::Small) || has(Scenario::Jti) {
         step("seeding the small-request users");
         // Two phases of distinct users, about 30 rows each over 2 bots; 1 to 4 are protected.
         let users = 4 + 2 * opts.small_requests;

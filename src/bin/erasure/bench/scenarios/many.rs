@@ -37,7 +37,14 @@ pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()>
         .iter()
         .map(|u| json!({"userIds": [u], "RemoveDataFromAllBots": true}))
         .collect();
-    let accepted = small::submit(bench, &token, bodies, None, opts.many_concurrency).await?;
+    let accepted = small::submit(
+        bench,
+        std::slice::from_ref(&token),
+        bodies,
+        None,
+        opts.many_concurrency,
+    )
+    .await?;
     let settled = small::settle(bench, &accepted.ids).await?;
     let wall = started.elapsed().as_secs_f64();
     let (service_cpu, postgres_cpu) = cpu.finish(&bench.pool).await?;

@@ -5,6 +5,7 @@ pub mod big;
 pub mod bulk;
 pub mod ceiling;
 pub mod child;
+pub mod jti;
 pub mod many;
 pub mod replicas;
 pub mod small;
@@ -37,12 +38,17 @@ async fn app_token(bench: &Bench<'_>, account: &str) -> anyhow::Result<String> {
     let sealed = secrets::seal(&bench.opts.config.keys.secret_key.bytes, secret.as_bytes());
     apps::insert(
         &bench.pool,
-        &client_id,
-        &AccountId::from(account),
-        &[auth::SCOPE.to_string()],
-        "HS256",
-        Some(&sealed),
-        None,
+        &apps::NewApp {
+            client_id: &client_id,
+            account_id: &AccountId::from(account),
+            scopes: &[auth::SCOPE.to_string()],
+            algorithm: "HS256",
+            secret_sealed: Some(&sealed),
+            public_key_pem: None,
+            webhook_secret_sealed: None,
+            callback_url: None,
+            enforce_jti: false,
+        },
     )
     .await?;
     auth::mint_hs256(&client_id, &secret, Some(86_400))

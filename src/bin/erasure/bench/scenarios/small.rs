@@ -27,7 +27,14 @@ pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()>
             .iter()
             .map(|u| json!({"userIds": [format!("u-s-{u}")], "botIds": ["st-s-1", "st-s-2"]}))
             .collect();
-        let accepted = submit(bench, &token, bodies, rate, opts.small_concurrency).await?;
+        let accepted = submit(
+            bench,
+            std::slice::from_ref(&token),
+            bodies,
+            rate,
+            opts.small_concurrency,
+        )
+        .await?;
         let settled = settle(bench, &accepted.ids).await?;
         figures.set(format!("small_{name}_offered_per_s"), rate.unwrap_or(0.0));
         figures.set(format!("small_{name}_accepted_per_s"), accepted.per_s);
@@ -49,10 +56,10 @@ pub struct Accepted {
 }
 
 /// Submits one request per body, at `rate` per second or as fast as `concurrency` calls in
-/// flight allow.
+/// flight allow; call `i` with `tokens[i]`, or the one token when there is one.
 pub async fn submit(
     bench: &Bench<'_>,
-    token: &str,
+    tokens: &[String],
     bodies: Vec<serde_json::Value>,
     rate: Option<f64>,
     concurrency: usize,
@@ -66,7 +73,8 @@ pub async fn submit(
     });
     let started = Instant::now();
     let mut calls = Vec::with_capacity(bodies.len());
-    for body in bodies {
+    for (i, body) in bodies.into_iter().enumerate() {
+        let token = &tokens[if tokens.len() == 1 { 0 } else { i }];
         if let Some(t) = tick.as_mut() {
             t.tick().await;
         }
