@@ -710,3 +710,36 @@ async fn a_single_use_token_is_refused_the_second_time_on_any_intake() {
         2
     );
 }
+
+#[tokio::test]
+async fn a_request_rejected_at_planning_is_told_too() {
+    let (receiver, addr) = Receiver::start().await;
+    let env = env_for(addr, &[]).await;
+    let bot = seeded(&env, "acct-rej", "u-owner", 4).await;
+    sqlx::query(
+        "INSERT INTO platform.account_members (account_id, user_id, role)
+         VALUES ('acct-rej', 'u-owner', 'owner')",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let (_, _, token, secret) = app(&env, "acct-rej", false).await;
+    receiver.verify_with(&secret);
+    let svc = env.start(Role::All).await;
+    let api = Api::new(&svc);
+    let url = format!("http://{addr}/rejected");
+    let id = erase(&api, &token, "u-owner", &bot, Some(&url)).await;
+    let got = receiver
+        .wait_for("rejected", 1, Duration::from_secs(30))
+        .await;
+    assert!(got[0].verified, "{got:?}");
+    let body = &got[0].body;
+    assert_eq!(body["type"], "erasure.request.rejected");
+    assert_eq!(body["data"]["requestId"], id.as_str());
+    assert_eq!(body["data"]["usersRejected"], 1);
+    assert_eq!(body["data"]["usersErased"], 0);
+    assert!(!body.to_string().contains("u-owner"), "{body}");
+    assert_eq!(env.count_rows("u-owner", &bot).await, 12, "nothing erased");
+    wait_callback(&api, &token, &id, "delivered").await;
+    svc.shutdown().await;
+}
