@@ -3,6 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use crate::store::sql;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -44,7 +45,7 @@ pub async fn run(
 pub async fn relay_once(pool: &PgPool, publisher: &Publisher) -> anyhow::Result<usize> {
     let mut published = 0;
     loop {
-        let mut tx = pool.begin().await?;
+        let mut tx = sql::begin(pool).await?;
         let claimed = outbox::claim_stale(&mut tx, MIN_AGE_MS, BATCH).await?;
         if claimed.is_empty() {
             return Ok(published);

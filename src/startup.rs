@@ -12,7 +12,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     catalog::CatalogError,
-    config::Config,
+    config::{Config, DbPooler},
     contract::Limits,
     erase::Targets,
     intake::{self, IntakeState, ratelimit::RateLimiter},
@@ -83,14 +83,13 @@ crate::telemetry::label_values! {
 pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
     let metrics = telemetry::metrics();
     let pool = retry::until_ready("database", || {
-        store::connect_and_migrate(
-            &config.database.url,
-            config.database.max_connections,
-            config.database.statement_timeout,
-        )
+        store::open(&config.database, config.database.max_connections)
     })
     .await
     .context("connecting to PostgreSQL and applying migrations")?;
+    if config.database.pooler == DbPooler::Transaction && config.database.migration_url.is_none() {
+        store::check_migrated(&pool).await?;
+    }
     let receipts = receipt_keys(&config, role)?;
     warn_about_development_keys(&config);
     let targets = Arc::new(

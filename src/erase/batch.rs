@@ -1,6 +1,7 @@
 //! One batch of a root store, by its kind: a leaf deleted alone, a tree deleted children
 //! first, or an anonymized store; each in one transaction with its counts.
 
+use crate::store::sql;
 use std::time::Instant;
 
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
@@ -62,12 +63,8 @@ impl On<'_> {
         match (self.database, snapshot) {
             (None, false) => store::begin_relaxed(self.pool()).await,
             (None, true) => store::begin_relaxed_snapshot(self.pool()).await,
-            (Some(_), false) => self.pool().begin().await,
-            (Some(_), true) => {
-                self.pool()
-                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
-                    .await
-            }
+            (Some(_), false) => sql::begin(self.pool()).await,
+            (Some(_), true) => sql::begin_snapshot(self.pool()).await,
         }
     }
 
@@ -132,7 +129,7 @@ impl On<'_> {
         // a constant, and PostgreSQL re-checks each deleted row's user against a hash of it
         // instead of a linear scan of up to 1,000 ids (a generic plan of a cached statement
         // does the latter: measured 1.5x the CPU of the whole statement for 500 users).
-        let (bots, rows, drained): (Vec<BotId>, Vec<i64>, bool) = sqlx::query_as(sql.batch.clone())
+        let (bots, rows, drained): (Vec<BotId>, Vec<i64>, bool) = sql::query_as(sql.batch.clone())
             .persistent(false)
             .bind(self.target.users)
             .bind(self.target.bots)
@@ -154,7 +151,7 @@ impl On<'_> {
     ) -> Result<Option<StoreRows>, sqlx::Error> {
         let target = self.target;
         let mut tx = self.begin(true).await?;
-        let counts: Vec<(BotId, i64)> = sqlx::query_as(sql.count.clone())
+        let counts: Vec<(BotId, i64)> = sql::query_as(sql.count.clone())
             .persistent(false)
             .bind(target.users)
             .bind(target.bots)
@@ -169,7 +166,7 @@ impl On<'_> {
         let deleted = if total == 0 {
             0
         } else {
-            sqlx::query(sql.delete_all.clone())
+            sql::query(sql.delete_all.clone())
                 .persistent(false)
                 .bind(target.users)
                 .bind(target.bots)
@@ -216,7 +213,7 @@ impl On<'_> {
         let mut tx = self.begin(false).await?;
         // Planned with its values, like the batch statement: the user list becomes a constant.
         let (fits, per_request, bots, rows): (bool, Vec<RequestId>, Vec<BotId>, Vec<i64>) =
-            sqlx::query_as(sql.together.clone())
+            sql::query_as(sql.together.clone())
                 .persistent(false)
                 .bind(&users)
                 .bind(targets[0].bots)
@@ -255,7 +252,7 @@ impl On<'_> {
     /// foreign key check, as it would had the row been deleted first).
     async fn tree(&self, store: usize, sql: &TreeSql, limit: i64) -> Result<Batch, sqlx::Error> {
         let mut tx = self.begin(false).await?;
-        let picked: Vec<String> = sqlx::query_scalar(sql.pick.clone())
+        let picked: Vec<String> = sql::query_scalar(sql.pick.clone())
             .persistent(false)
             .bind(self.target.users)
             .bind(self.target.bots)
@@ -266,7 +263,7 @@ impl On<'_> {
         let mut stores = Vec::with_capacity(sql.descendants.len() + 1);
         if !picked.is_empty() {
             for (descendant, statement) in &sql.descendants {
-                let (bots, rows): (Vec<BotId>, Vec<i64>) = sqlx::query_as(statement.clone())
+                let (bots, rows): (Vec<BotId>, Vec<i64>) = sql::query_as(statement.clone())
                     .bind(&picked)
                     .fetch_one(&mut *tx)
                     .await?;
@@ -276,7 +273,7 @@ impl On<'_> {
                     rows,
                 });
             }
-            let (bots, rows): (Vec<BotId>, Vec<i64>) = sqlx::query_as(sql.delete.clone())
+            let (bots, rows): (Vec<BotId>, Vec<i64>) = sql::query_as(sql.delete.clone())
                 .persistent(false)
                 .bind(self.target.users)
                 .bind(self.target.bots)
@@ -298,7 +295,7 @@ impl On<'_> {
         limit: i64,
     ) -> Result<Batch, sqlx::Error> {
         let mut tx = self.begin(false).await?;
-        let mut query = sqlx::query_as(sql.batch.clone())
+        let mut query = sql::query_as(sql.batch.clone())
             .persistent(false)
             .bind(self.target.users)
             .bind(self.target.bots)
@@ -323,7 +320,7 @@ pub(super) async fn warm(root: &Root, conn: &mut PgConnection) {
         RootSql::Anonymize(_) => Vec::new(),
     };
     for sql in statements {
-        let _ = sqlx::query(sql)
+        let _ = sql::query(sql)
             .persistent(false)
             .bind(&none)
             .bind(&none)

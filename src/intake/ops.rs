@@ -1,5 +1,6 @@
 //! The operations endpoints: liveness, readiness and metrics.
 
+use crate::store::sql;
 use std::sync::atomic::Ordering;
 
 use axum::{
@@ -16,8 +17,8 @@ pub(super) async fn healthz() -> Response {
 }
 
 pub(super) async fn readyz(State(state): State<IntakeState>) -> Response {
-    let db = sqlx::query_scalar::<_, i32>("SELECT 1")
-        .fetch_one(&state.pool)
+    let db = sql::query_scalar::<i32>("SELECT 1")
+        .fetch_one(sql::on(&state.pool))
         .await
         .is_ok();
     let broker = state.publisher.check().await;

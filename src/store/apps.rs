@@ -1,5 +1,6 @@
 //! Registered API apps (`platform.api_apps`).
 
+use crate::store::sql;
 use sqlx::PgPool;
 
 use crate::domain::AccountId;
@@ -16,12 +17,12 @@ pub struct App {
 }
 
 pub async fn find(pool: &PgPool, client_id: &str) -> Result<Option<App>, sqlx::Error> {
-    sqlx::query_as(
+    sql::query_as(
         "SELECT client_id, account_id, scopes, algorithm, secret_sealed, public_key_pem, enabled
            FROM platform.api_apps WHERE client_id = $1",
     )
     .bind(client_id)
-    .fetch_optional(pool)
+    .fetch_optional(sql::on(pool))
     .await
 }
 
@@ -34,7 +35,7 @@ pub async fn insert(
     secret_sealed: Option<&[u8]>,
     public_key_pem: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sql::query(
         "INSERT INTO platform.api_apps (client_id, account_id, scopes, algorithm, secret_sealed, public_key_pem)
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -44,16 +45,16 @@ pub async fn insert(
     .bind(algorithm)
     .bind(secret_sealed)
     .bind(public_key_pem)
-    .execute(pool)
+    .execute(sql::on(pool))
     .await?;
     Ok(())
 }
 
 /// Disables an app: its tokens are refused from then on. `false` when there is no such app.
 pub async fn disable(pool: &PgPool, client_id: &str) -> Result<bool, sqlx::Error> {
-    let n = sqlx::query("UPDATE platform.api_apps SET enabled = false WHERE client_id = $1")
+    let n = sql::query("UPDATE platform.api_apps SET enabled = false WHERE client_id = $1")
         .bind(client_id)
-        .execute(pool)
+        .execute(sql::on(pool))
         .await?
         .rows_affected();
     Ok(n == 1)

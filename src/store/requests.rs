@@ -1,6 +1,7 @@
 //! Requests and their users: recording them, the arrows of their diagrams that are not part
 //! of planning or of a task (re-check, fail, reopen), and the status document.
 
+use crate::store::sql;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
@@ -92,7 +93,7 @@ pub(super) async fn insert(
 ) -> Result<bool, sqlx::Error> {
     let users = user_columns(&r.request.user_ids);
     let inserted: i64 = bind_request(
-        sqlx::query_scalar(concat!(insert_request_sql!(), " SELECT count(*) FROM r")),
+        sql::query_scalar(concat!(insert_request_sql!(), " SELECT count(*) FROM r")),
         r,
         &users,
     )
@@ -113,7 +114,7 @@ pub async fn insert_with_outbox(
 ) -> Result<Option<OutboxMessage>, sqlx::Error> {
     let users = user_columns(&r.request.user_ids);
     let id: Option<i64> = bind_request(
-        sqlx::query_scalar(concat!(
+        sql::query_scalar(concat!(
             insert_request_sql!(),
             ", o AS (
                 INSERT INTO erasure.outbox (routing_key, message_id, payload)
@@ -126,7 +127,7 @@ pub async fn insert_with_outbox(
     )
     .bind(routing_key)
     .bind(payload)
-    .fetch_optional(pool)
+    .fetch_optional(sql::on(pool))
     .await?;
     Ok(id.map(|id| OutboxMessage {
         id,
@@ -157,13 +158,13 @@ pub async fn find_by_idempotency_key(
     requested_by: &str,
     key: &str,
 ) -> Result<Option<(RequestId, Option<String>)>, sqlx::Error> {
-    sqlx::query_as(
+    sql::query_as(
         "SELECT request_id, body_digest FROM erasure.requests
           WHERE requested_by = $1 AND idempotency_key = $2",
     )
     .bind(requested_by)
     .bind(key)
-    .fetch_optional(pool)
+    .fetch_optional(sql::on(pool))
     .await
 }
 
@@ -180,7 +181,7 @@ pub(super) async fn set_outcomes(
                                "reason": outcome.reason(), "ids": ids})
         })
         .collect();
-    sqlx::query(
+    sql::query(
         "UPDATE erasure.request_users u
             SET status = o.status, reason = o.reason,
                 resolved_user_ids = ARRAY(SELECT jsonb_array_elements_text(o.ids))
@@ -202,12 +203,12 @@ pub async fn reject_protected(
     id: &RequestId,
     protections: &Protections,
 ) -> Result<Vec<PlatformUserId>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT 1 FROM erasure.requests WHERE request_id = $1 FOR UPDATE")
+    let mut tx = sql::begin(pool).await?;
+    sql::query("SELECT 1 FROM erasure.requests WHERE request_id = $1 FOR UPDATE")
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    let entries: Vec<(i32, Vec<PlatformUserId>)> = sqlx::query_as(
+    let entries: Vec<(i32, Vec<PlatformUserId>)> = sql::query_as(
         "SELECT position, resolved_user_ids FROM erasure.request_users
           WHERE request_id = $1 AND status = $2 ORDER BY position",
     )
@@ -225,7 +226,7 @@ pub async fn reject_protected(
         .collect();
     if !rejected.is_empty() {
         set_outcomes(&mut tx, &rejected).await?;
-        sqlx::query(
+        sql::query(
             "UPDATE erasure.requests SET erase_user_ids = $2, updated_at = now()
               WHERE request_id = $1",
         )
@@ -267,7 +268,7 @@ pub(super) async fn settle(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let settled: Vec<(RequestId, RequestStatus, f64)> = sqlx::query_as(
+    let settled: Vec<(RequestId, RequestStatus, f64)> = sql::query_as(
         "UPDATE erasure.requests r
             SET status = CASE WHEN NOT EXISTS (SELECT 1 FROM erasure.request_users u
                                                 WHERE u.request_id = r.request_id AND u.status <> $2)
@@ -285,7 +286,7 @@ pub(super) async fn settle(
     .await?;
     let ids: Vec<&RequestId> = settled.iter().map(|(id, _, _)| id).collect();
     if !ids.is_empty() {
-        sqlx::query(
+        sql::query(
             "UPDATE erasure.request_users SET status = $2, reason = NULL
               WHERE request_id = ANY($1) AND status = ANY($3)",
         )
@@ -309,7 +310,7 @@ pub(super) async fn fail(
     id: &RequestId,
     reason: &str,
 ) -> Result<Option<Settled>, sqlx::Error> {
-    let was: Option<(RequestStatus, f64)> = sqlx::query_as(
+    let was: Option<(RequestStatus, f64)> = sql::query_as(
         "WITH prev AS (SELECT status FROM erasure.requests WHERE request_id = $1 FOR UPDATE)
          UPDATE erasure.requests r
             SET status = $3, failure_reason = $2, updated_at = now(),
@@ -324,7 +325,7 @@ pub(super) async fn fail(
     .bind([RequestStatus::InProgress, RequestStatus::Failed])
     .fetch_optional(&mut **tx)
     .await?;
-    sqlx::query(
+    sql::query(
         "UPDATE erasure.request_users SET status = $3, reason = $2
           WHERE request_id = $1 AND status = ANY($4)",
     )
@@ -346,8 +347,8 @@ pub(super) async fn fail(
 /// `failed → pending`) for a redrive, which also marks the request's dead letters redriven:
 /// the request resumes where it stopped.
 pub async fn reopen(pool: &PgPool, id: &RequestId) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
+    let mut tx = sql::begin(pool).await?;
+    sql::query(
         "UPDATE erasure.requests
             SET status = $2, failure_reason = NULL, completed_at = NULL, updated_at = now()
           WHERE request_id = $1 AND status = $3",
@@ -357,7 +358,7 @@ pub async fn reopen(pool: &PgPool, id: &RequestId) -> Result<(), sqlx::Error> {
     .bind(RequestStatus::Failed)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
+    sql::query(
         "UPDATE erasure.request_users SET status = $2, reason = NULL
           WHERE request_id = $1 AND status = $3",
     )
@@ -400,7 +401,7 @@ pub async fn status_document(
     id: &RequestId,
     account_id: Option<&AccountId>,
 ) -> Result<Option<StatusDocument>, sqlx::Error> {
-    let row: Option<StatusRow> = sqlx::query_as(
+    let row: Option<StatusRow> = sql::query_as(
         "SELECT request_id, status, created_at, updated_at, completed_at,
                 remove_data_from_all_bots, tasks_total, tasks_done, failure_reason
            FROM erasure.requests
@@ -408,15 +409,15 @@ pub async fn status_document(
     )
     .bind(id)
     .bind(account_id)
-    .fetch_optional(pool)
+    .fetch_optional(sql::on(pool))
     .await?;
     let Some(r) = row else { return Ok(None) };
-    let users: Vec<UserRow> = sqlx::query_as(
+    let users: Vec<UserRow> = sql::query_as(
         "SELECT user_ref, kind, status, reason FROM erasure.request_users
           WHERE request_id = $1 ORDER BY position",
     )
     .bind(id)
-    .fetch_all(pool)
+    .fetch_all(sql::on(pool))
     .await?;
     let response = users
         .into_iter()
@@ -451,12 +452,12 @@ async fn progress(
     catalog: &Catalog,
     r: &StatusRow,
 ) -> Result<Progress, sqlx::Error> {
-    let counted: Vec<(String, String, i64)> = sqlx::query_as(
+    let counted: Vec<(String, String, i64)> = sql::query_as(
         "SELECT store, action, sum(rows)::bigint FROM erasure.task_rows
           WHERE request_id = $1 GROUP BY store, action",
     )
     .bind(&r.request_id)
-    .fetch_all(pool)
+    .fetch_all(sql::on(pool))
     .await?;
     let of = |action: &str| {
         let mut rows: Vec<(String, i64)> = catalog
@@ -499,7 +500,7 @@ pub async fn list(
     status: Option<RequestStatus>,
     limit: i64,
 ) -> Result<Vec<Summary>, sqlx::Error> {
-    sqlx::query_as(
+    sql::query_as(
         "SELECT request_id, account_id, status, created_at, tasks_total, tasks_done, rows_deleted, failure_reason
            FROM erasure.request_status
           WHERE $1::text IS NULL OR status = $1
@@ -507,6 +508,6 @@ pub async fn list(
     )
     .bind(status)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(sql::on(pool))
     .await
 }
