@@ -619,14 +619,29 @@ async fn experiment_the_service_through_pgbouncer_in_transaction_mode() {
     service.kill().await;
     drop(bouncer);
 
-    // 10. The budget: how many connections each role keeps busy at once (active, or idle in
-    // a transaction: what would hold a PgBouncer server connection in transaction mode),
-    // measured directly on PostgreSQL, one role running at a time: the intake under 60
-    // concurrent calls, then a worker erasing them at the deployment's pool (16 connections,
-    // 4 tasks at once), then again with a pool too large to be the limit (64).
+    // 10. The budget (see `measure_budget`), the service as it was: directly on PostgreSQL.
+    measure_budget(None).await;
+}
+
+/// The connection budget: how many connections each role keeps busy at once (active, or idle
+/// in a transaction: what holds a PgBouncer server connection in transaction mode), measured
+/// on PostgreSQL, one role running at a time: the intake under 60 concurrent calls, then a
+/// worker erasing them at the deployment's pool (16 connections, 4 tasks at once), then again
+/// with a pool too large to be the limit (64). Directly on PostgreSQL (`None`), or through
+/// `bouncer` with `ERASURE_DB_POOLER=transaction`.
+async fn measure_budget(bouncer: Option<&PgBouncer>) {
     let env = TestEnv::with_vars(&[("ERASURE_DB_MAX_CONNECTIONS", "16")]).await;
+    let mut through: Vec<(&str, String)> = Vec::new();
+    if let Some(b) = bouncer {
+        through = behind(b, &env).to_vec();
+    }
     let bots = env.account("acct-budget", 5).await;
     let (_, _, token) = env.app("acct-budget", &["delete_users_data"]).await;
+    let mode = if bouncer.is_some() {
+        "through PgBouncer"
+    } else {
+        "direct"
+    };
     for (round, pool) in [(0, "16"), (1, "64")] {
         let users: Vec<String> = (0..60).map(|u| format!("u-budget-{round}-{u}")).collect();
         for u in &users {
@@ -635,7 +650,7 @@ async fn experiment_the_service_through_pgbouncer_in_transaction_mode() {
                 env.rows(u, b, 200).await;
             }
         }
-        let intake = crate::process::Process::spawn(&env, "intake", &[]).await;
+        let intake = crate::process::Process::spawn(&env, "intake", &vars(&through)).await;
         let sampler = Sampler::start(&env.db_name).await;
         let http = reqwest::Client::new();
         let calls = users.iter().map(|u| {
@@ -657,12 +672,13 @@ async fn experiment_the_service_through_pgbouncer_in_transaction_mode() {
         });
         let ids = futures_util::future::join_all(calls).await;
         report(
-            "10 intake, 60 concurrent calls: busy at once, distinct",
+            &format!("10 {mode}: intake, 60 concurrent calls: busy at once, distinct"),
             sampler.stop().await,
         );
         intake.kill().await;
         let sampler = Sampler::start(&env.db_name).await;
-        let overrides = [("ERASURE_DB_MAX_CONNECTIONS", pool)];
+        let mut overrides = vars(&through);
+        overrides.push(("ERASURE_DB_MAX_CONNECTIONS", pool));
         let worker = crate::process::Process::spawn(&env, "worker", &overrides).await;
         for id in &ids {
             assert_eq!(
@@ -672,11 +688,25 @@ async fn experiment_the_service_through_pgbouncer_in_transaction_mode() {
         }
         let peak = sampler.stop().await;
         report(
-            &format!("   worker, pool {pool}, erasing them (60 x 5 bots, 180,000 rows)"),
+            &format!("   {mode}: worker, pool {pool}, erasing them (60 x 5 bots, 180,000 rows)"),
             peak,
         );
         worker.kill().await;
     }
+}
+
+/// The connection budget of the README, through PgBouncer in transaction mode with
+/// `ERASURE_DB_POOLER=transaction` (40 server connections: more than either role uses).
+/// Run: `cargo test --test it pgbouncer::connection_budget -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement (the README's connection budget); run by hand"]
+async fn connection_budget_through_pgbouncer() {
+    let bouncer = PgBouncer::start(&Settings {
+        default_pool_size: 40,
+        max_client_conn: 200,
+        ..Settings::default()
+    });
+    measure_budget(Some(&bouncer)).await;
 }
 
 /// Samples, every 5 ms, the service's connections to a database that are not idle.
