@@ -3,10 +3,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::store::sql;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::store::sql;
 use crate::{
     queue::publisher::{CONFIRM_TIMEOUT, Publisher},
     store::outbox,

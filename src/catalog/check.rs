@@ -3,12 +3,12 @@
 //! do what the store needs, and an index that serves each delete (a warning, with the
 //! statement that creates one).
 
-use crate::store::sql;
 use std::collections::BTreeMap;
 
 use sqlx::PgPool;
 
 use super::{Action, Catalog, Ident, Keys, Method, Problem, Store};
+use crate::store::sql;
 
 /// What a check found.
 #[derive(Debug, Default, serde::Serialize)]

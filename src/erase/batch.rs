@@ -1,12 +1,12 @@
 //! One batch of a root store, by its kind: a leaf deleted alone, a tree deleted children
 //! first, or an anonymized store; each in one transaction with its counts.
 
-use crate::store::sql;
 use std::time::Instant;
 
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use super::{Batch, Root, StoreRows, Target, Targets, ledger, record_longest};
+use crate::store::sql;
 use crate::{
     catalog::sql::{AnonymizeSql, LeafSql, RootSql, TreeSql},
     domain::{BotId, PlatformUserId, RequestId},

@@ -5,9 +5,9 @@
 //! (`erasure.forwarded_batches`). A crash between the two leaves the entry in the ledger, and
 //! [`super::Targets::sync_counts`] forwards it later: counted once, never lost.
 
-use crate::store::sql;
 use sqlx::{PgPool, Postgres, Transaction};
 
+use crate::store::sql;
 pub use crate::store::tasks::LedgerEntry as Entry;
 use crate::{
     domain::{BotId, RequestId},

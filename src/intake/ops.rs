@@ -1,6 +1,5 @@
 //! The operations endpoints: liveness, readiness and metrics.
 
-use crate::store::sql;
 use std::sync::atomic::Ordering;
 
 use axum::{
@@ -11,6 +10,7 @@ use axum::{
 };
 
 use super::{IntakeState, error::IntakeError};
+use crate::store::sql;
 
 pub(super) async fn healthz() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()

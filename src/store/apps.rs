@@ -1,8 +1,8 @@
 //! Registered API apps (`platform.api_apps`).
 
-use crate::store::sql;
 use sqlx::PgPool;
 
+use super::sql;
 use crate::domain::AccountId;
 
 #[derive(sqlx::FromRow, Debug, Clone)]

@@ -1,9 +1,9 @@
 //! The service's record of what it dead-lettered and why, and the fail arrows that go with
 //! it: whatever a dead letter names fails in the same transaction that records it.
 
-use crate::store::sql;
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::sql;
 use super::{requests, tasks};
 use crate::domain::{AccountId, BotId, RequestId, RequestStatus};
 

@@ -1,7 +1,7 @@
 //! The transactional outbox: a message is inserted in the same transaction as the state change
 //! that needs it, and deleted once the broker has confirmed it.
 
-use crate::store::sql;
+use super::sql;
 use sqlx::{PgPool, Postgres, Transaction};
 
 #[derive(sqlx::FromRow, Debug, Clone)]

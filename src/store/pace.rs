@@ -1,9 +1,9 @@
 //! The shared pace of `ERASURE_MAX_ROWS_PER_SECOND_TOTAL`: one row, `erasure.delete_pace`,
 //! holds the earliest moment the next batch of any worker may start, on the database's clock.
 
-use crate::store::sql;
 use std::time::Duration;
 
+use super::sql;
 use sqlx::PgPool;
 
 /// Reserves `secs` of the shared budget: pushes the next start forward by that much and

@@ -5,11 +5,11 @@
 //! when it has nothing to erase. Each step is one statement for all the requests, so planning
 //! many costs about what planning one does.
 
-use crate::store::sql;
 use std::collections::{HashMap, HashSet};
 
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::sql;
 use super::{
     outbox::{self, OutboxMessage},
     platform::{self, ResolvedEntry},

@@ -2,7 +2,7 @@
 //! `channel_identities`, `accounts`, `account_members`, `bots`, `bot_collaborators`): whom an
 //! identifier names, who is protected, which bots an account has. Never written.
 
-use crate::store::sql;
+use super::sql;
 use crate::{
     domain::{AccountId, BotId, PlatformUserId, RequestId},
     rules::{Protections, Tie},

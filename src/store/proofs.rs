@@ -12,12 +12,12 @@
 //! [`crate::receipt::Proof::of`]. A request is proved once (`erasure.requests.proved_at`, set
 //! under the request's row lock), and the retention job redacts it only after that.
 
-use crate::store::sql;
 use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::sql;
 use crate::{
     catalog::Catalog,
     contract::{self, StoreRows, Verification},

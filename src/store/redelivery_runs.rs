@@ -2,9 +2,9 @@
 //! the worker that runs one; counted, alive or not, by the job runner that receives the
 //! message again (`queue::redelivery` says why).
 
-use crate::store::sql;
 use std::time::Duration;
 
+use super::sql;
 use sqlx::PgPool;
 use uuid::Uuid;
 

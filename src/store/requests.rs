@@ -1,11 +1,11 @@
 //! Requests and their users: recording them, the arrows of their diagrams that are not part
 //! of planning or of a task (re-check, fail, reopen), and the status document.
 
-use crate::store::sql;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::outbox::OutboxMessage;
+use super::sql;
 use crate::{
     catalog::{ANONYMIZE, Catalog, DELETE},
     contract::{self, EraseRequest, Progress, StatusDocument, StoreRows, UserEntry, UserResponse},

@@ -2,11 +2,11 @@
 //! once past the retention window, are replaced by their HMAC in the service's tables (or
 //! dropped where no proof needs them).
 
-use crate::store::sql;
 use std::time::Duration;
 
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::sql;
 use crate::domain::{PlatformUserId, RequestId, RequestStatus, UserRef};
 
 /// Requests redacted per transaction.

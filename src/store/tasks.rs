@@ -1,10 +1,10 @@
 //! Per-(request, bot) tasks, the unit of work that replicas share, and the rows each deleted
 //! per store: the task arrows of the diagram (`crate::domain`), one function each.
 
-use crate::store::sql;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::sql;
 use super::{
     outbox::{self, OutboxMessage},
     requests::{self, Settled},

@@ -1213,3 +1213,35 @@ async fn behind_a_pooler_migrations_go_over_the_direct_url() {
             .is_empty()
     );
 }
+
+/// Directly on PostgreSQL (`ERASURE_DB_POOLER=none`, this test process) nothing of the pooler
+/// mode applies: a statement on the pool is a named statement, prepared once per connection and
+/// reused, and the session carries the statement timeout.
+#[tokio::test]
+async fn directly_on_postgresql_statements_stay_named_and_cached() {
+    use erasure::store::{self, sql};
+    assert!(!sql::pooled());
+    let env = TestEnv::new().await;
+    let pool = store::connect(&env.db_url, 1, Duration::from_secs(7))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(store::outbox::backlog(&pool).await.unwrap(), 0);
+    }
+    let prepared: Vec<(String, String)> =
+        sql::query_as("SELECT name, statement FROM pg_prepared_statements")
+            .fetch_all(sql::on(&pool))
+            .await
+            .unwrap();
+    let backlog: Vec<&(String, String)> = prepared
+        .iter()
+        .filter(|(_, s)| s.contains("erasure.outbox"))
+        .collect();
+    assert_eq!(backlog.len(), 1, "prepared once: {prepared:?}");
+    assert!(backlog[0].0.starts_with("sqlx_s_"), "{prepared:?}");
+    let timeout: String = sql::query_scalar("SHOW statement_timeout")
+        .fetch_one(sql::on(&pool))
+        .await
+        .unwrap();
+    assert_eq!(timeout, "7s");
+}
