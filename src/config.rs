@@ -7,10 +7,11 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 
 mod values;
 
-pub use values::{AmqpUrls, CredentialUrl, LogFormat, QueuePrefix, Secret, Value};
+pub use values::{AmqpUrls, CredentialUrl, DbPooler, LogFormat, QueuePrefix, Secret, Value};
 use values::{
-    amqp_urls, delay_list, duration, host_list, int, log_filter, log_format, millis, optional_path,
-    path_list, postgres_url, queue_prefix, seconds, secret, socket_addr, text,
+    amqp_urls, db_pooler, delay_list, duration, host_list, int, log_filter, log_format, millis,
+    optional_path, optional_postgres_url, path_list, postgres_url, queue_prefix, seconds, secret,
+    socket_addr, text,
 };
 
 /// A configuration value that could not be used, naming the variable.
@@ -176,8 +177,12 @@ settings! {
         url: CredentialUrl = "DATABASE_URL", "postgres://postgres@127.0.0.1:5432/erasure", postgres_url;
         /// PostgreSQL pool size per process
         max_connections: u32 = "ERASURE_DB_MAX_CONNECTIONS", "16", int(2, 10_000);
-        /// PostgreSQL statement_timeout of the service's sessions
+        /// PostgreSQL statement_timeout of the service's sessions (through a pooler in transaction mode: of each transaction)
         statement_timeout: Duration = "ERASURE_STATEMENT_TIMEOUT_MS", "30000", millis(1, 86_400_000);
+        /// `none`, or `transaction` when DATABASE_URL names a pooler in transaction mode (PgBouncer `pool_mode = transaction`): every statement is then unnamed and inside a transaction, and `erasure serve` never migrates through the pooler (see ERASURE_MIGRATION_DATABASE_URL)
+        pooler: DbPooler = "ERASURE_DB_POOLER", "none", db_pooler;
+        /// PostgreSQL URL that `erasure migrate` (and `erasure serve`, when set) applies migrations through, naming PostgreSQL itself, never a pooler in transaction mode (empty: DATABASE_URL; with ERASURE_DB_POOLER=transaction, `erasure serve` then only checks that every migration is applied)
+        migration_url: Option<CredentialUrl> = "ERASURE_MIGRATION_DATABASE_URL", "", optional_postgres_url;
         /// how long a worker retries a database that fails transiently (lost connection, serialization failure) before handing its message back for later
         retry_budget: Duration = "ERASURE_DB_RETRY_SECONDS", "60", seconds(1, 3600);
     }

@@ -6,6 +6,7 @@ use std::{sync::Arc, time::Duration};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::store::sql;
 use crate::{
     queue::publisher::{CONFIRM_TIMEOUT, Publisher},
     store::outbox,
@@ -44,7 +45,7 @@ pub async fn run(
 pub async fn relay_once(pool: &PgPool, publisher: &Publisher) -> anyhow::Result<usize> {
     let mut published = 0;
     loop {
-        let mut tx = pool.begin().await?;
+        let mut tx = sql::begin(pool).await?;
         let claimed = outbox::claim_stale(&mut tx, MIN_AGE_MS, BATCH).await?;
         if claimed.is_empty() {
             return Ok(published);

@@ -13,7 +13,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     callback,
     catalog::CatalogError,
-    config::Config,
+    config::{Config, DbPooler},
     contract::Limits,
     erase::Targets,
     intake::{self, IntakeState, ratelimit::RateLimiter},
@@ -85,14 +85,13 @@ pub async fn start(config: Config, role: Role) -> anyhow::Result<Running> {
     crate::client::install_tls();
     let metrics = telemetry::metrics();
     let pool = retry::until_ready("database", || {
-        store::connect_and_migrate(
-            &config.database.url,
-            config.database.max_connections,
-            config.database.statement_timeout,
-        )
+        store::open(&config.database, config.database.max_connections)
     })
     .await
     .context("connecting to PostgreSQL and applying migrations")?;
+    if config.database.pooler == DbPooler::Transaction && config.database.migration_url.is_none() {
+        store::check_migrated(&pool).await?;
+    }
     let receipts = receipt_keys(&config, role)?;
     warn_about_development_keys(&config);
     let targets = Arc::new(

@@ -194,7 +194,7 @@ impl Verifier {
         users: Vec<PlatformUserId>,
     ) -> Result<Vec<PlatformUserId>, JobError> {
         let protections = self
-            .retried(|| store::platform::protections(&self.ctx.pool, &users))
+            .retried(|| store::platform::protections(store::sql::on(&self.ctx.pool), &users))
             .await?;
         if protections.is_empty() {
             return Ok(users);
@@ -221,11 +221,11 @@ impl Verifier {
             let per_bot: Vec<(BotId, i64)> = self
                 .retried(|| {
                     // Planned with its values, like the batches (see erase::batch).
-                    sqlx::query_as(statement.clone())
+                    store::sql::query_as(statement.clone())
                         .persistent(false)
                         .bind(target.users)
                         .bind(target.bots)
-                        .fetch_all(pool)
+                        .fetch_all(store::sql::on(pool))
                 })
                 .await
                 .map_err(|error| DbError {

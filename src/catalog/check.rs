@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use sqlx::PgPool;
 
 use super::{Action, Catalog, Ident, Keys, Method, Problem, Store};
+use crate::store::sql;
 
 /// What a check found.
 #[derive(Debug, Default, serde::Serialize)]
@@ -95,16 +96,16 @@ pub async fn check<'a>(
 }
 
 async fn table(pool: &PgPool, store: &Store) -> Result<Option<Table>, sqlx::Error> {
-    let oid: Option<sqlx::postgres::types::Oid> = sqlx::query_scalar(
+    let oid: Option<sqlx::postgres::types::Oid> = sql::query_scalar(
         "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
           WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
     )
     .bind(store.table.schema.as_str())
     .bind(store.table.table.as_str())
-    .fetch_optional(pool)
+    .fetch_optional(sql::on(pool))
     .await?;
     let Some(oid) = oid else { return Ok(None) };
-    let columns: Vec<Column> = sqlx::query_as(
+    let columns: Vec<Column> = sql::query_as(
         "SELECT a.attname::text AS name, a.attnum, format_type(a.atttypid, a.atttypmod) AS type_name,
                 t.typcategory AS category,
                 a.atttypid AS type_oid, a.attnotnull AS not_null
@@ -112,7 +113,7 @@ async fn table(pool: &PgPool, store: &Store) -> Result<Option<Table>, sqlx::Erro
           WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped",
     )
     .bind(oid)
-    .fetch_all(pool)
+    .fetch_all(sql::on(pool))
     .await?;
     Ok(Some(Table {
         oid,
@@ -234,12 +235,12 @@ async fn index_warning(
     columns: &[&Ident],
     report: &mut Report,
 ) -> Result<(), sqlx::Error> {
-    let indexed: bool = sqlx::query_scalar(
+    let indexed: bool = sql::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1 AND indkey[0] = $2)",
     )
     .bind(table)
     .bind(first)
-    .fetch_one(pool)
+    .fetch_one(sql::on(pool))
     .await?;
     if !indexed {
         let list: Vec<String> = columns.iter().map(|c| c.quoted()).collect();
@@ -272,12 +273,12 @@ async fn privileges(
         Action::Anonymize(_) => "UPDATE",
     };
     // Each privilege on its own: a list asks whether ANY of them is held.
-    let allowed: bool = sqlx::query_scalar(
+    let allowed: bool = sql::query_scalar(
         "SELECT has_table_privilege($1, 'SELECT') AND has_table_privilege($1, $2)",
     )
     .bind(table)
     .bind(writes)
-    .fetch_one(pool)
+    .fetch_one(sql::on(pool))
     .await?;
     if !allowed {
         report.errors.push(Problem::new(

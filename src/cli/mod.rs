@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::{
     callback::{sign, ssrf},
     client::Client,
-    config::{Config, SETTINGS},
+    config::{Config, DbPooler, SETTINGS},
     contract::RequestId,
     domain::{AccountId, RequestStatus},
     intake::auth,
@@ -214,11 +214,13 @@ pub fn configure() -> anyhow::Result<Config> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = configure()?;
+    if config.database.pooler == DbPooler::Transaction {
+        store::sql::use_transaction_pooler(config.database.statement_timeout);
+    }
     match cli.command {
         Command::Serve { role } => serve(config, role).await,
         Command::Migrate => {
-            store::connect_and_migrate(&config.database.url, 2, config.database.statement_timeout)
-                .await?;
+            store::migrate_only(&config.database).await?;
             println!("migrations applied");
             Ok(())
         }
@@ -246,12 +248,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             account,
             tag,
         } => {
-            let pool = store::connect_and_migrate(
-                &config.database.url,
-                4,
-                config.database.statement_timeout,
-            )
-            .await?;
+            let pool = store::open(&config.database, 4).await?;
             let spec = seed::SeedSpec {
                 account: account.clone(),
                 prefix: tag,
@@ -278,12 +275,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => status(&config, &request_id, &client, watch).await,
         Command::Receipt(args) => receipt::run(&config, args).await,
         Command::Redrive { limit } => {
-            let pool = store::connect_and_migrate(
-                &config.database.url,
-                2,
-                config.database.statement_timeout,
-            )
-            .await?;
+            let pool = store::open(&config.database, 2).await?;
             let topology = Topology::from_settings(&config.queue);
             let n = redrive::redrive(&pool, &config.queue.amqp_url, &topology, limit).await?;
             println!("redrove {n} message(s) from {}", topology.dead_queue());
@@ -374,9 +366,7 @@ async fn shutdown_signal() {
 }
 
 async fn app(config: &Config, command: AppCommand) -> anyhow::Result<()> {
-    let pool =
-        store::connect_and_migrate(&config.database.url, 2, config.database.statement_timeout)
-            .await?;
+    let pool = store::open(&config.database, 2).await?;
     match command {
         AppCommand::Create {
             account,
@@ -386,7 +376,7 @@ async fn app(config: &Config, command: AppCommand) -> anyhow::Result<()> {
             enforce_jti,
         } => {
             let account = AccountId::new(account);
-            if store::platform::known_accounts(&pool, &[&account])
+            if store::platform::known_accounts(store::sql::on(&pool), &[&account])
                 .await?
                 .is_empty()
             {

@@ -79,6 +79,14 @@ impl Value for Option<PathBuf> {
     }
 }
 
+impl Value for Option<CredentialUrl> {
+    const SENSITIVE: bool = true;
+    fn show(&self) -> String {
+        self.as_ref()
+            .map_or_else(|| "(DATABASE_URL)".into(), |u| u.show())
+    }
+}
+
 /// A key: never printed by `Debug` or `erasure config`.
 #[derive(Clone)]
 pub struct Secret {
@@ -163,6 +171,26 @@ impl Value for LogFormat {
         match self {
             Self::Text => "text".into(),
             Self::Json => "json".into(),
+        }
+    }
+}
+
+/// What sits between the service and PostgreSQL (`ERASURE_DB_POOLER`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DbPooler {
+    /// PostgreSQL itself (or a pooler in session mode): named prepared statements, session
+    /// settings.
+    None,
+    /// A pooler in transaction mode (PgBouncer `pool_mode = transaction`): every statement
+    /// unnamed and inside a transaction, settings per transaction.
+    Transaction,
+}
+
+impl Value for DbPooler {
+    fn show(&self) -> String {
+        match self {
+            Self::None => "none".into(),
+            Self::Transaction => "transaction".into(),
         }
     }
 }
@@ -254,6 +282,22 @@ pub fn log_format(raw: &str) -> Result<LogFormat, String> {
         "text" => Ok(LogFormat::Text),
         "json" => Ok(LogFormat::Json),
         _ => Err("must be `text` or `json`".into()),
+    }
+}
+
+pub fn db_pooler(raw: &str) -> Result<DbPooler, String> {
+    match raw.trim() {
+        "none" => Ok(DbPooler::None),
+        "transaction" => Ok(DbPooler::Transaction),
+        _ => Err("must be `none` or `transaction`".into()),
+    }
+}
+
+/// A PostgreSQL URL, or nothing (empty).
+pub fn optional_postgres_url(raw: &str) -> Result<Option<CredentialUrl>, String> {
+    match raw.trim() {
+        "" => Ok(None),
+        url => postgres_url(url).map(Some),
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Instant;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use super::{Batch, Root, StoreRows, Target, Targets, ledger, record_longest};
+use crate::store::sql;
 use crate::{
     catalog::sql::{AnonymizeSql, LeafSql, RootSql, TreeSql},
     domain::{BotId, PlatformUserId, RequestId},
@@ -96,16 +97,16 @@ impl On<'_> {
             (None, false) => (store::begin_relaxed(self.pool()).await?, None),
             (None, true) => (store::begin_relaxed_snapshot(self.pool()).await?, None),
             (Some(_), _) => {
-                let mut hold = self.targets.main().begin().await?;
+                let mut hold = sql::begin(self.targets.main()).await?;
                 if !requests::hold_while(&mut hold, requests, self.target.while_status).await? {
                     return Ok(None);
                 }
-                let isolation = if snapshot {
-                    "BEGIN ISOLATION LEVEL REPEATABLE READ"
+                let tx = if snapshot {
+                    sql::begin_snapshot(self.pool()).await?
                 } else {
-                    "BEGIN"
+                    sql::begin(self.pool()).await?
                 };
-                (self.pool().begin_with(isolation).await?, Some(hold))
+                (tx, Some(hold))
             }
         };
         if hold.is_none()
@@ -180,7 +181,7 @@ impl On<'_> {
         // a constant, and PostgreSQL re-checks each deleted row's user against a hash of it
         // instead of a linear scan of up to 1,000 ids (a generic plan of a cached statement
         // does the latter: measured 1.5x the CPU of the whole statement for 500 users).
-        let (bots, rows, drained): (Vec<BotId>, Vec<i64>, bool) = sqlx::query_as(sql.batch.clone())
+        let (bots, rows, drained): (Vec<BotId>, Vec<i64>, bool) = sql::query_as(sql.batch.clone())
             .persistent(false)
             .bind(self.target.users)
             .bind(self.target.bots)
@@ -207,7 +208,7 @@ impl On<'_> {
                 ..StoreRows::default()
             }));
         };
-        let counts: Vec<(BotId, i64)> = sqlx::query_as(sql.count.clone())
+        let counts: Vec<(BotId, i64)> = sql::query_as(sql.count.clone())
             .persistent(false)
             .bind(target.users)
             .bind(target.bots)
@@ -222,7 +223,7 @@ impl On<'_> {
         let deleted = if total == 0 {
             0
         } else {
-            sqlx::query(sql.delete_all.clone())
+            sql::query(sql.delete_all.clone())
                 .persistent(false)
                 .bind(target.users)
                 .bind(target.bots)
@@ -273,7 +274,7 @@ impl On<'_> {
         };
         // Planned with its values, like the batch statement: the user list becomes a constant.
         let (fits, per_request, bots, rows): (bool, Vec<RequestId>, Vec<BotId>, Vec<i64>) =
-            sqlx::query_as(sql.together.clone())
+            sql::query_as(sql.together.clone())
                 .persistent(false)
                 .bind(&users)
                 .bind(targets[0].bots)
@@ -314,7 +315,7 @@ impl On<'_> {
         let Some(mut tx) = self.begin(false, &[self.target.request]).await? else {
             return Ok(Batch::cancelled());
         };
-        let picked: Vec<String> = sqlx::query_scalar(sql.pick.clone())
+        let picked: Vec<String> = sql::query_scalar(sql.pick.clone())
             .persistent(false)
             .bind(self.target.users)
             .bind(self.target.bots)
@@ -325,7 +326,7 @@ impl On<'_> {
         let mut stores = Vec::with_capacity(sql.descendants.len() + 1);
         if !picked.is_empty() {
             for (descendant, statement) in &sql.descendants {
-                let (bots, rows): (Vec<BotId>, Vec<i64>) = sqlx::query_as(statement.clone())
+                let (bots, rows): (Vec<BotId>, Vec<i64>) = sql::query_as(statement.clone())
                     .bind(&picked)
                     .fetch_one(&mut *tx)
                     .await?;
@@ -335,7 +336,7 @@ impl On<'_> {
                     rows,
                 });
             }
-            let (bots, rows): (Vec<BotId>, Vec<i64>) = sqlx::query_as(sql.delete.clone())
+            let (bots, rows): (Vec<BotId>, Vec<i64>) = sql::query_as(sql.delete.clone())
                 .persistent(false)
                 .bind(self.target.users)
                 .bind(self.target.bots)
@@ -359,7 +360,7 @@ impl On<'_> {
         let Some(mut tx) = self.begin(false, &[self.target.request]).await? else {
             return Ok(Batch::cancelled());
         };
-        let mut query = sqlx::query_as(sql.batch.clone())
+        let mut query = sql::query_as(sql.batch.clone())
             .persistent(false)
             .bind(self.target.users)
             .bind(self.target.bots)
@@ -384,7 +385,7 @@ pub(super) async fn warm(root: &Root, conn: &mut PgConnection) {
         RootSql::Anonymize(_) => Vec::new(),
     };
     for sql in statements {
-        let _ = sqlx::query(sql)
+        let _ = sql::query(sql)
             .persistent(false)
             .bind(&none)
             .bind(&none)

@@ -7,6 +7,7 @@
 
 use sqlx::{PgPool, Postgres, Transaction};
 
+use crate::store::sql;
 pub use crate::store::tasks::LedgerEntry as Entry;
 use crate::{
     domain::{BotId, RequestId},
@@ -32,8 +33,8 @@ const SCHEMA: &str = "
 
 /// Creates the ledger in another database if it is missing.
 pub async fn ensure(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
+    let mut tx = sql::begin(pool).await?;
+    sql::raw_sql(SCHEMA).execute(&mut *tx).await?;
     tx.commit().await
 }
 
@@ -61,7 +62,7 @@ pub async fn record(
     }
     let requests: Vec<&RequestId> = entries.iter().map(|e| &e.request_id).collect();
     let (stores, actions, bots, rows) = tasks::ledger_columns(&entries);
-    sqlx::query(
+    sql::query(
         "INSERT INTO erasure.ledger (batch_id, request_id, store, action, bot_id, rows)
          SELECT $1, e.request_id, e.store, e.action, e.bot, e.rows
            FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[])
@@ -84,13 +85,13 @@ pub async fn entries(
     request: &RequestId,
     bots: &[BotId],
 ) -> Result<Vec<Entry>, sqlx::Error> {
-    sqlx::query_as(
+    sql::query_as(
         "SELECT batch_id, request_id, store, action, bot_id, rows FROM erasure.ledger
           WHERE request_id = $1 AND bot_id = ANY($2)",
     )
     .bind(request)
     .bind(bots)
-    .fetch_all(pool)
+    .fetch_all(sql::on(pool))
     .await
 }
 

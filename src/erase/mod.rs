@@ -309,7 +309,10 @@ impl Targets {
                 if name.is_some() {
                     ledger::ensure(pool).await?;
                 }
-                sqlx::query("SELECT 1").execute(pool).await.map(drop)
+                crate::store::sql::query("SELECT 1")
+                    .execute(crate::store::sql::on(pool))
+                    .await
+                    .map(drop)
             })
             .await;
             let state = match answered {
@@ -370,11 +373,16 @@ impl HmacPads {
 /// that lands on its first tasks, the moment they are measured and the moment the platform
 /// least needs it. Errors are ignored: a cold connection still works.
 pub async fn warm_up(targets: &Targets, connections: usize) {
+    // Behind a pooler in transaction mode a held connection has no server of its own to warm.
+    if crate::store::sql::pooled() {
+        return;
+    }
     let runs = targets.roots.iter().map(|root| async move {
         let database = targets.catalog.stores[root.store].database.as_deref();
         let pool = targets.pool(database);
         let mut held = Vec::with_capacity(connections);
         for _ in 0..connections {
+            // pooler: direct mode only (returned above behind a pooler)
             match pool.acquire().await {
                 Ok(c) => held.push(c),
                 Err(_) => break,

@@ -159,11 +159,12 @@ async fn check_bots(
     if request.remove_data_from_all_bots {
         return Ok(());
     }
-    let owners: HashMap<BotId, AccountId> = platform::bot_accounts(&state.pool, &request.bot_ids)
-        .await
-        .map_err(|e| IntakeError::not_recorded(&e))?
-        .into_iter()
-        .collect();
+    let owners: HashMap<BotId, AccountId> =
+        platform::bot_accounts(store::sql::on(&state.pool), &request.bot_ids)
+            .await
+            .map_err(|e| IntakeError::not_recorded(&e))?
+            .into_iter()
+            .collect();
     let mut unknown = Vec::new();
     let mut foreign = Vec::new();
     for (i, bot) in request.bot_ids.iter().enumerate() {

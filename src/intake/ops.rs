@@ -10,14 +10,15 @@ use axum::{
 };
 
 use super::{IntakeState, error::IntakeError};
+use crate::store::sql;
 
 pub(super) async fn healthz() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
 pub(super) async fn readyz(State(state): State<IntakeState>) -> Response {
-    let db = sqlx::query_scalar::<_, i32>("SELECT 1")
-        .fetch_one(&state.pool)
+    let db = sql::query_scalar::<i32>("SELECT 1")
+        .fetch_one(sql::on(&state.pool))
         .await
         .is_ok();
     let broker = state.publisher.check().await;

@@ -2,6 +2,7 @@
 
 use sqlx::PgPool;
 
+use super::sql;
 use crate::domain::AccountId;
 
 #[derive(sqlx::FromRow, Debug, Clone)]
@@ -22,13 +23,13 @@ pub struct App {
 }
 
 pub async fn find(pool: &PgPool, client_id: &str) -> Result<Option<App>, sqlx::Error> {
-    sqlx::query_as(
+    sql::query_as(
         "SELECT client_id, account_id, scopes, algorithm, secret_sealed, public_key_pem, enabled,
                 callback_url, webhook_secret_sealed IS NOT NULL AS has_webhook_secret, enforce_jti
            FROM platform.api_apps WHERE client_id = $1",
     )
     .bind(client_id)
-    .fetch_optional(pool)
+    .fetch_optional(sql::on(pool))
     .await
 }
 
@@ -46,7 +47,7 @@ pub struct NewApp<'a> {
 }
 
 pub async fn insert(pool: &PgPool, app: &NewApp<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sql::query(
         "INSERT INTO platform.api_apps (client_id, account_id, scopes, algorithm, secret_sealed,
                                         public_key_pem, webhook_secret_sealed, callback_url, enforce_jti)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -60,7 +61,7 @@ pub async fn insert(pool: &PgPool, app: &NewApp<'_>) -> Result<(), sqlx::Error> 
     .bind(app.webhook_secret_sealed)
     .bind(app.callback_url)
     .bind(app.enforce_jti)
-    .execute(pool)
+    .execute(sql::on(pool))
     .await?;
     Ok(())
 }
@@ -75,7 +76,7 @@ pub async fn rotate_webhook_secret(
     client_id: &str,
     sealed: &[u8],
 ) -> Result<bool, sqlx::Error> {
-    let n = sqlx::query(
+    let n = sql::query(
         "UPDATE platform.api_apps
             SET webhook_previous_sealed = webhook_secret_sealed,
                 webhook_previous_until = CASE WHEN webhook_secret_sealed IS NULL THEN NULL
@@ -86,7 +87,7 @@ pub async fn rotate_webhook_secret(
     .bind(client_id)
     .bind(sealed)
     .bind(WEBHOOK_OVERLAP_HOURS)
-    .execute(pool)
+    .execute(sql::on(pool))
     .await?
     .rows_affected();
     Ok(n == 1)
@@ -96,13 +97,13 @@ pub async fn rotate_webhook_secret(
 /// the previous one while its overlap lasts.
 pub async fn webhook_secrets(pool: &PgPool, client_id: &str) -> Result<Vec<Vec<u8>>, sqlx::Error> {
     type Sealed = Option<Vec<u8>>;
-    let row: Option<(Sealed, Sealed)> = sqlx::query_as(
+    let row: Option<(Sealed, Sealed)> = sql::query_as(
         "SELECT webhook_secret_sealed,
                 CASE WHEN webhook_previous_until > now() THEN webhook_previous_sealed END
            FROM platform.api_apps WHERE client_id = $1",
     )
     .bind(client_id)
-    .fetch_optional(pool)
+    .fetch_optional(sql::on(pool))
     .await?;
     Ok(row
         .map(|(current, previous)| current.into_iter().chain(previous).collect())
@@ -111,9 +112,9 @@ pub async fn webhook_secrets(pool: &PgPool, client_id: &str) -> Result<Vec<Vec<u
 
 /// Disables an app: its tokens are refused from then on. `false` when there is no such app.
 pub async fn disable(pool: &PgPool, client_id: &str) -> Result<bool, sqlx::Error> {
-    let n = sqlx::query("UPDATE platform.api_apps SET enabled = false WHERE client_id = $1")
+    let n = sql::query("UPDATE platform.api_apps SET enabled = false WHERE client_id = $1")
         .bind(client_id)
-        .execute(pool)
+        .execute(sql::on(pool))
         .await?
         .rows_affected();
     Ok(n == 1)

@@ -2,6 +2,7 @@
 //! that settles a request queues its callback in its own transaction ([`enqueue`]), and the
 //! delivery loop ([`crate::callback`]) claims due rows, leased, and records each attempt.
 
+use super::sql;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -26,7 +27,7 @@ pub(super) async fn enqueue(
     if ids.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    sql::query(
         "INSERT INTO erasure.callbacks (webhook_id, request_id, client_id, url, event)
          SELECT 'msg_' || replace(gen_random_uuid()::text, '-', ''), r.request_id,
                 r.requested_by, r.callback_url, r.status
@@ -62,7 +63,7 @@ pub async fn claim_due(
     limit: i64,
     lease: Duration,
 ) -> Result<Vec<Due>, sqlx::Error> {
-    sqlx::query_as(
+    sql::query_as(
         "WITH due AS (SELECT webhook_id FROM erasure.callbacks
                        WHERE state = $1 AND next_at <= now()
                        ORDER BY next_at LIMIT $2 FOR UPDATE SKIP LOCKED)
@@ -75,7 +76,7 @@ pub async fn claim_due(
     .bind(PENDING)
     .bind(limit)
     .bind(lease.as_secs_f64())
-    .fetch_all(pool)
+    .fetch_all(sql::on(pool))
     .await
 }
 
@@ -86,12 +87,12 @@ pub async fn fix_body(
     webhook_id: &str,
     body: &[u8],
 ) -> Result<Vec<u8>, sqlx::Error> {
-    sqlx::query_scalar(
+    sql::query_scalar(
         "UPDATE erasure.callbacks SET body = COALESCE(body, $2) WHERE webhook_id = $1 RETURNING body",
     )
     .bind(webhook_id)
     .bind(body)
-    .fetch_one(pool)
+    .fetch_one(sql::on(pool))
     .await
 }
 
@@ -133,7 +134,7 @@ pub async fn record(pool: &PgPool, webhook_id: &str, attempt: Attempt) -> Result
         Attempt::Gone => (GONE, Some(410), Duration::ZERO),
         Attempt::Failed { status } => (FAILED, status, Duration::ZERO),
     };
-    sqlx::query(
+    sql::query(
         "UPDATE erasure.callbacks
             SET state = $2, last_status = $3, updated_at = now(),
                 next_at = now() + make_interval(secs => $4::double precision)
@@ -144,7 +145,7 @@ pub async fn record(pool: &PgPool, webhook_id: &str, attempt: Attempt) -> Result
     .bind(status.map(i32::from))
     .bind(after.as_secs_f64())
     .bind(PENDING)
-    .execute(pool)
+    .execute(sql::on(pool))
     .await?;
     Ok(())
 }
@@ -160,11 +161,11 @@ pub struct Delivery {
 
 /// The delivery of a request's latest callback, if it has one queued.
 pub async fn delivery(pool: &PgPool, id: &RequestId) -> Result<Option<Delivery>, sqlx::Error> {
-    sqlx::query_as(
+    sql::query_as(
         "SELECT state, attempts, last_status FROM erasure.callbacks
           WHERE request_id = $1 ORDER BY event_at DESC, webhook_id LIMIT 1",
     )
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(sql::on(pool))
     .await
 }

@@ -3,6 +3,7 @@
 
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::sql;
 use super::{requests, tasks};
 use crate::domain::{AccountId, BotId, RequestId, RequestStatus};
 
@@ -47,8 +48,8 @@ pub async fn record(
     reason: &str,
     payload: &[u8],
 ) -> Result<Option<requests::Settled>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
+    let mut tx = sql::begin(pool).await?;
+    sql::query(
         "INSERT INTO erasure.dead_letters (request_id, routing_key, reason, payload) VALUES ($1, $2, $3, $4)",
     )
     .bind(subject.request_id())
@@ -96,7 +97,7 @@ async fn insert_failed(
     account_id: Option<&AccountId>,
     reason: &str,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query(
+    sql::query(
         "INSERT INTO erasure.requests (request_id, account_id, requested_by, source, status, failure_reason, completed_at)
          VALUES ($1, COALESCE($2, ''), '', 'queue', $3, $4, now())
          ON CONFLICT (request_id) DO NOTHING",
@@ -117,7 +118,7 @@ async fn refusable(
     id: &RequestId,
     account_id: Option<&AccountId>,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
+    sql::query_scalar(
         "SELECT NOT planned AND ($2::text IS NULL OR account_id = $2)
            FROM erasure.requests WHERE request_id = $1",
     )
@@ -133,7 +134,7 @@ pub(super) async fn mark_redriven(
     tx: &mut Transaction<'_, Postgres>,
     request_id: &RequestId,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sql::query(
         "UPDATE erasure.dead_letters SET redriven_at = now()
           WHERE request_id = $1 AND redriven_at IS NULL",
     )

@@ -1,6 +1,7 @@
 //! Single-use tokens (`erasure.used_jtis`): the `jti`s apps with `--enforce-jti` used, shared
 //! by every intake replica, kept until the token's `exp`.
 
+use super::sql;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
@@ -18,7 +19,7 @@ pub async fn use_once(
     // this insert's commit included, before the call is answered; a status read it let through twice after a
     // database crash is harmless. It spares every call of such an app a second disk flush.
     let mut tx = super::begin_relaxed(pool).await?;
-    let n = sqlx::query(
+    let n = sql::query(
         "INSERT INTO erasure.used_jtis (client_id, jti, expires_at) VALUES ($1, $2, $3)
          ON CONFLICT (client_id, jti) DO UPDATE SET expires_at = EXCLUDED.expires_at
           WHERE erasure.used_jtis.expires_at < now()",
@@ -36,8 +37,8 @@ pub async fn use_once(
 /// Forgets the ids of tokens past their `exp` (the retention job); returns how many.
 pub async fn forget_expired(pool: &PgPool) -> Result<u64, sqlx::Error> {
     Ok(
-        sqlx::query("DELETE FROM erasure.used_jtis WHERE expires_at < now()")
-            .execute(pool)
+        sql::query("DELETE FROM erasure.used_jtis WHERE expires_at < now()")
+            .execute(sql::on(pool))
             .await?
             .rows_affected(),
     )

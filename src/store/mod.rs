@@ -16,11 +16,14 @@ pub mod proofs;
 pub mod redelivery_runs;
 pub mod requests;
 pub mod retention;
+pub mod sql;
 pub mod tasks;
 
 use std::{str::FromStr, time::Duration};
 
 use anyhow::Context;
+
+use crate::config::{DatabaseSettings, DbPooler};
 use sqlx::{
     ConnectOptions, Connection, PgPool, Postgres, Transaction,
     postgres::{PgConnectOptions, PgConnection, PgPoolOptions},
@@ -43,6 +46,9 @@ pub async fn connect_and_migrate(
 
 /// A pool whose sessions carry the service's statement timeout. Connections are opened
 /// lazily, so a process starts while the database is down and recovers when it returns.
+/// Behind a pooler in transaction mode ([`sql::use_transaction_pooler`]) the connections send
+/// no startup parameter PgBouncer refuses (`extra_float_digits`, `options`): the timeout is
+/// then set by each transaction.
 pub async fn connect(
     url: &str,
     max_connections: u32,
@@ -50,11 +56,15 @@ pub async fn connect(
 ) -> anyhow::Result<PgPool> {
     let opts = PgConnectOptions::from_str(url)
         .context("DATABASE_URL is not a valid PostgreSQL URL")?
-        .application_name("erasure")
-        .options([(
+        .application_name("erasure");
+    let opts = if sql::pooled() {
+        opts.extra_float_digits(None)
+    } else {
+        opts.options([(
             "statement_timeout",
             statement_timeout.as_millis().to_string(),
-        )]);
+        )])
+    };
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(0)
@@ -74,16 +84,111 @@ pub async fn connect(
 /// published outbox rows (lost, they are published once more: a duplicate consumers absorb).
 /// Nothing acknowledged to a caller or to the broker rests on a relaxed commit alone.
 pub async fn begin_relaxed(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off")
-        .await
+    sql::begin_relaxed(pool).await
 }
 
 /// [`begin_relaxed`] at REPEATABLE READ: every statement of the transaction sees one snapshot.
 pub async fn begin_relaxed_snapshot(
     pool: &PgPool,
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ; SET LOCAL synchronous_commit = off")
+    sql::begin_relaxed_snapshot(pool).await
+}
+
+/// The service's pool as `erasure serve` (and every command that writes) opens it, with its
+/// migrations applied: over ERASURE_MIGRATION_DATABASE_URL when it is set, else over
+/// DATABASE_URL, except behind a pooler in transaction mode, where nothing is migrated (sqlx's
+/// migrator holds a session-level advisory lock) and [`check_migrated`] stops the process if a
+/// migration is missing.
+pub async fn open(db: &DatabaseSettings, max_connections: u32) -> anyhow::Result<PgPool> {
+    if db.pooler == DbPooler::Transaction {
+        sql::use_transaction_pooler(db.statement_timeout);
+    }
+    match (db.pooler, db.migration_url.as_deref()) {
+        (DbPooler::None, None) => {
+            connect_and_migrate(&db.url, max_connections, db.statement_timeout).await
+        }
+        (_, Some(direct)) => {
+            migrate_directly(direct, db.statement_timeout).await?;
+            connect(&db.url, max_connections, db.statement_timeout).await
+        }
+        (DbPooler::Transaction, None) => {
+            let pool = connect(&db.url, max_connections, db.statement_timeout).await?;
+            sql::query("SELECT 1").execute(sql::on(&pool)).await?;
+            Ok(pool)
+        }
+    }
+}
+
+/// `erasure migrate`: creates the database if missing and applies the migrations over
+/// ERASURE_MIGRATION_DATABASE_URL, else DATABASE_URL unless that names a pooler in
+/// transaction mode.
+pub async fn migrate_only(db: &DatabaseSettings) -> anyhow::Result<()> {
+    match (db.pooler, db.migration_url.as_deref()) {
+        (_, Some(direct)) => migrate_directly(direct, db.statement_timeout).await,
+        (DbPooler::None, None) => migrate_directly(&db.url, db.statement_timeout).await,
+        (DbPooler::Transaction, None) => anyhow::bail!(
+            "ERASURE_DB_POOLER=transaction: DATABASE_URL names a pooler in transaction mode, \
+             which cannot run migrations (they hold a session-level lock); set \
+             ERASURE_MIGRATION_DATABASE_URL to PostgreSQL itself"
+        ),
+    }
+}
+
+/// Migrates over a URL naming PostgreSQL itself, on a pool of its own closed afterwards.
+async fn migrate_directly(url: &str, statement_timeout: Duration) -> anyhow::Result<()> {
+    create_database_if_missing(url).await?;
+    let opts = PgConnectOptions::from_str(url)
+        .context("ERASURE_MIGRATION_DATABASE_URL is not a valid PostgreSQL URL")?
+        .application_name("erasure-migrate")
+        .options([(
+            "statement_timeout",
+            statement_timeout.as_millis().to_string(),
+        )]);
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(opts)
         .await
+        .context("connecting to PostgreSQL to apply migrations")?;
+    let applied = migrate(&pool).await;
+    pool.close().await;
+    applied
+}
+
+/// The versions of the embedded migrations the database has not applied (all of them when it
+/// has no `_sqlx_migrations`); read through whatever DATABASE_URL names, a pooler included.
+pub async fn pending_migrations(pool: &PgPool) -> anyhow::Result<Vec<i64>> {
+    let applied: Vec<i64> =
+        match sql::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(sql::on(pool))
+            .await
+        {
+            Ok(v) => v,
+            Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("42P01") => Vec::new(),
+            Err(e) => return Err(e).context("reading the applied migrations"),
+        };
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| m.version)
+        .filter(|v| !applied.contains(v))
+        .collect())
+}
+
+/// Stops the process, naming the way out, when a migration is missing: behind a pooler in
+/// transaction mode `erasure serve` never applies them itself without a direct URL.
+pub async fn check_migrated(pool: &PgPool) -> anyhow::Result<()> {
+    let pending = pending_migrations(pool).await?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "the database lacks {} migration(s) (versions {pending:?}), and through a pooler in \
+         transaction mode (ERASURE_DB_POOLER=transaction) the service does not migrate: run \
+         `erasure migrate` with ERASURE_MIGRATION_DATABASE_URL naming PostgreSQL itself (the \
+         migrate Job, deploy/k8s/migrate-job.yaml), or set ERASURE_MIGRATION_DATABASE_URL for \
+         `erasure serve` to apply them at start",
+        pending.len()
+    )
 }
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
@@ -105,13 +210,13 @@ pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
         "connecting to PostgreSQL (database `postgres`) to create the service's database",
     )?;
     let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        sql::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(&name)
             .fetch_one(&mut admin)
             .await?;
     if !exists {
-        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
-        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let statement = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        if let Err(e) = sql::query(sqlx::AssertSqlSafe(statement))
             .execute(&mut admin)
             .await
         {
@@ -130,11 +235,11 @@ pub async fn drop_database(url: &str) -> anyhow::Result<()> {
     let opts = PgConnectOptions::from_str(url)?;
     let name = opts.get_database().unwrap_or_default().to_string();
     let mut admin: PgConnection = opts.database("postgres").connect().await?;
-    let sql = format!(
+    let statement = format!(
         "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
         name.replace('"', "\"\"")
     );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
+    sql::query(sqlx::AssertSqlSafe(statement))
         .execute(&mut admin)
         .await?;
     Ok(())

@@ -1,6 +1,7 @@
 //! The transactional outbox: a message is inserted in the same transaction as the state change
 //! that needs it, and deleted once the broker has confirmed it.
 
+use super::sql;
 use sqlx::{PgPool, Postgres, Transaction};
 
 #[derive(sqlx::FromRow, Debug, Clone)]
@@ -23,7 +24,7 @@ pub async fn insert_many(
     }
     let ids: Vec<&str> = messages.iter().map(|(id, _)| id.as_str()).collect();
     let payloads: Vec<&[u8]> = messages.iter().map(|(_, p)| p.as_slice()).collect();
-    sqlx::query_as(
+    sql::query_as(
         "INSERT INTO erasure.outbox (routing_key, message_id, payload)
          SELECT $1, m.id, m.payload FROM unnest($2::text[], $3::bytea[]) WITH ORDINALITY AS m(id, payload, ord)
           ORDER BY m.ord
@@ -40,7 +41,7 @@ pub async fn insert_many(
 /// crash, the rows are published again by the relay, a duplicate that consumers absorb.
 pub async fn delete(pool: &PgPool, ids: &[i64]) -> Result<(), sqlx::Error> {
     let mut tx = super::begin_relaxed(pool).await?;
-    sqlx::query("DELETE FROM erasure.outbox WHERE id = ANY($1)")
+    sql::query("DELETE FROM erasure.outbox WHERE id = ANY($1)")
         .bind(ids)
         .execute(&mut *tx)
         .await?;
@@ -54,7 +55,7 @@ pub async fn claim_stale(
     min_age_ms: i64,
     limit: i64,
 ) -> Result<Vec<OutboxMessage>, sqlx::Error> {
-    sqlx::query_as(
+    sql::query_as(
         "SELECT id, routing_key, message_id, payload FROM erasure.outbox
           WHERE created_at < now() - make_interval(secs => $1::double precision / 1000)
           ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
@@ -66,7 +67,7 @@ pub async fn claim_stale(
 }
 
 pub async fn delete_in(tx: &mut Transaction<'_, Postgres>, ids: &[i64]) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM erasure.outbox WHERE id = ANY($1)")
+    sql::query("DELETE FROM erasure.outbox WHERE id = ANY($1)")
         .bind(ids)
         .execute(&mut **tx)
         .await?;
@@ -75,7 +76,7 @@ pub async fn delete_in(tx: &mut Transaction<'_, Postgres>, ids: &[i64]) -> Resul
 
 /// Messages waiting to be published (a metric and an alert: it should stay near zero).
 pub async fn backlog(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM erasure.outbox")
-        .fetch_one(pool)
+    sql::query_scalar("SELECT count(*) FROM erasure.outbox")
+        .fetch_one(sql::on(pool))
         .await
 }

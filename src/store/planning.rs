@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::sql;
 use super::{
     outbox::{self, OutboxMessage},
     platform::{self, ResolvedEntry},
@@ -73,20 +74,19 @@ impl Planning {
     /// ids (so that groups that overlap wait for each other rather than deadlock).
     pub async fn begin(pool: &PgPool, news: &[NewRequest<'_>]) -> Result<Self, sqlx::Error> {
         let ids: Vec<&RequestId> = news.iter().map(|n| n.request_id).collect();
-        let mut tx = pool.begin().await?;
+        let mut tx = sql::begin(pool).await?;
         // Requests from the intake exist already: only a producer's message is recorded here.
-        let known: HashSet<RequestId> = sqlx::query_scalar(
-            "SELECT request_id FROM erasure.requests WHERE request_id = ANY($1)",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
+        let known: HashSet<RequestId> =
+            sql::query_scalar("SELECT request_id FROM erasure.requests WHERE request_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
         for new in news.iter().filter(|n| !known.contains(n.request_id)) {
             requests::insert(&mut tx, new).await?;
         }
-        let mut rows: Vec<PlanRow> = sqlx::query_as(
+        let mut rows: Vec<PlanRow> = sql::query_as(
             "SELECT request_id, account_id, planned, status, remove_data_from_all_bots, bot_ids
                FROM erasure.requests WHERE request_id = ANY($1)
               ORDER BY request_id FOR UPDATE",
@@ -236,7 +236,7 @@ impl Planning {
                 serde_json::json!({"id": p.request_id, "erase": erase, "tasks": tasks})
             })
             .collect();
-        sqlx::query(
+        sql::query(
             "UPDATE erasure.requests r
                 SET planned = true, erase_user_ids = ARRAY(SELECT jsonb_array_elements_text(p.erase)),
                     tasks_total = p.tasks, updated_at = now()

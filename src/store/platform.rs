@@ -2,6 +2,7 @@
 //! `channel_identities`, `accounts`, `account_members`, `bots`, `bot_collaborators`): whom an
 //! identifier names, who is protected, which bots an account has. Never written.
 
+use super::sql;
 use crate::{
     domain::{AccountId, BotId, PlatformUserId, RequestId},
     rules::{Protections, Tie},
@@ -12,7 +13,7 @@ pub async fn bot_accounts<'e, E: sqlx::PgExecutor<'e>>(
     exec: E,
     bot_ids: &[BotId],
 ) -> Result<Vec<(BotId, AccountId)>, sqlx::Error> {
-    sqlx::query_as("SELECT id, account_id FROM platform.bots WHERE id = ANY($1)")
+    sql::query_as("SELECT id, account_id FROM platform.bots WHERE id = ANY($1)")
         .bind(bot_ids)
         .fetch_all(exec)
         .await
@@ -23,7 +24,7 @@ pub async fn known_accounts<'e, E: sqlx::PgExecutor<'e>>(
     exec: E,
     accounts: &[&AccountId],
 ) -> Result<Vec<AccountId>, sqlx::Error> {
-    sqlx::query_scalar("SELECT id FROM platform.accounts WHERE id = ANY($1)")
+    sql::query_scalar("SELECT id FROM platform.accounts WHERE id = ANY($1)")
         .bind(accounts)
         .fetch_all(exec)
         .await
@@ -34,7 +35,7 @@ pub async fn account_bots<'e, E: sqlx::PgExecutor<'e>>(
     exec: E,
     accounts: &[&AccountId],
 ) -> Result<Vec<(AccountId, BotId)>, sqlx::Error> {
-    sqlx::query_as(
+    sql::query_as(
         "SELECT account_id, id FROM platform.bots WHERE account_id = ANY($1) ORDER BY account_id, id",
     )
     .bind(accounts)
@@ -63,7 +64,7 @@ pub async fn resolve_users<'e, E: sqlx::PgExecutor<'e>>(
     exec: E,
     ids: &[&RequestId],
 ) -> Result<Vec<ResolvedEntry>, sqlx::Error> {
-    sqlx::query_as(
+    sql::query_as(
         "WITH e AS (
             SELECT request_id, position, kind, user_ref,
                    CASE WHEN kind = 'channel' THEN (user_ref::jsonb) ->> 'channelId' END AS channel_id,
@@ -97,7 +98,7 @@ pub async fn protections<'e, E: sqlx::PgExecutor<'e>>(
     exec: E,
     users: &[PlatformUserId],
 ) -> Result<Protections, sqlx::Error> {
-    let ties: Vec<(PlatformUserId, bool, String)> = sqlx::query_as(
+    let ties: Vec<(PlatformUserId, bool, String)> = sql::query_as(
         "SELECT user_id, true, role FROM platform.account_members WHERE user_id = ANY($1)
          UNION ALL
          SELECT user_id, false, role FROM platform.bot_collaborators WHERE user_id = ANY($1)",

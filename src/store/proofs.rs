@@ -17,6 +17,7 @@ use std::{collections::BTreeMap, time::Duration};
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::sql;
 use crate::{
     catalog::Catalog,
     contract::{self, StoreRows, Verification},
@@ -53,7 +54,7 @@ pub async fn claim(
     due: Due<'_>,
     lease: Duration,
 ) -> Result<Option<Claim>, sqlx::Error> {
-    sqlx::query_as(
+    sql::query_as(
         "WITH due AS (
              SELECT r.request_id, r.status FROM erasure.requests r
               WHERE r.proved_at IS NULL AND r.completed_at IS NOT NULL AND r.pii_redacted_at IS NULL
@@ -79,20 +80,20 @@ pub async fn claim(
     .bind(due.at_once)
     .bind(uuid::Uuid::new_v4())
     .bind(lease.as_secs_f64())
-    .fetch_optional(pool)
+    .fetch_optional(sql::on(pool))
     .await
 }
 
 /// Extends a claim's lease; `false` when another verifier has taken it over.
 pub async fn renew(pool: &PgPool, claim: &Claim, lease: Duration) -> Result<bool, sqlx::Error> {
-    let renewed = sqlx::query(
+    let renewed = sql::query(
         "UPDATE erasure.proofs SET leased_until = now() + make_interval(secs => $3)
           WHERE request_id = $1 AND lease_id = $2 AND verified_at IS NULL",
     )
     .bind(&claim.request_id)
     .bind(claim.lease_id)
     .bind(lease.as_secs_f64())
-    .execute(pool)
+    .execute(sql::on(pool))
     .await?;
     Ok(renewed.rows_affected() == 1)
 }
@@ -100,14 +101,14 @@ pub async fn renew(pool: &PgPool, claim: &Claim, lease: Duration) -> Result<bool
 /// Hands a claim back, to be taken again `after` from now (at once on shutdown, later when
 /// rows keep arriving).
 pub async fn release(pool: &PgPool, claim: &Claim, after: Duration) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sql::query(
         "UPDATE erasure.proofs SET leased_until = now() + make_interval(secs => $3)
           WHERE request_id = $1 AND lease_id = $2",
     )
     .bind(&claim.request_id)
     .bind(claim.lease_id)
     .bind(after.as_secs_f64())
-    .execute(pool)
+    .execute(sql::on(pool))
     .await?;
     Ok(())
 }
@@ -117,20 +118,20 @@ pub async fn target(
     pool: &PgPool,
     id: &RequestId,
 ) -> Result<(Vec<PlatformUserId>, Vec<BotId>), sqlx::Error> {
-    sqlx::query_as(
+    sql::query_as(
         "SELECT r.erase_user_ids,
                 ARRAY(SELECT t.bot_id FROM erasure.tasks t WHERE t.request_id = r.request_id ORDER BY t.bot_id)
            FROM erasure.requests r WHERE r.request_id = $1",
     )
     .bind(id)
-    .fetch_one(pool)
+    .fetch_one(sql::on(pool))
     .await
 }
 
 /// The baseline arrow: records the rows counted so far per store, unless an earlier claim
 /// did. Taken before the verification erases anything, so what it adds is late.
 pub async fn take_baseline(pool: &PgPool, claim: &Claim) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sql::query(
         "UPDATE erasure.proofs
             SET baseline = (SELECT COALESCE(jsonb_object_agg(store, rows), '{}')
                               FROM (SELECT store, sum(rows) AS rows FROM erasure.task_rows
@@ -139,7 +140,7 @@ pub async fn take_baseline(pool: &PgPool, claim: &Claim) -> Result<(), sqlx::Err
     )
     .bind(&claim.request_id)
     .bind(claim.lease_id)
-    .execute(pool)
+    .execute(sql::on(pool))
     .await?;
     Ok(())
 }
@@ -162,9 +163,9 @@ pub async fn record_verified(
     catalog: &Catalog,
     seal: &Seal,
 ) -> Result<Option<StoreRows>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = sql::begin(pool).await?;
     let id = &claim.request_id;
-    let baseline: Option<PerStore> = sqlx::query_scalar(
+    let baseline: Option<PerStore> = sql::query_scalar(
         "SELECT baseline FROM erasure.proofs
           WHERE request_id = $1 AND lease_id = $2 AND verified_at IS NULL FOR UPDATE",
     )
@@ -175,7 +176,7 @@ pub async fn record_verified(
     let Some(baseline) = baseline else {
         return Ok(None);
     };
-    let now: Vec<(String, i64)> = sqlx::query_as(
+    let now: Vec<(String, i64)> = sql::query_as(
         "SELECT store, sum(rows)::bigint FROM erasure.task_rows WHERE request_id = $1 GROUP BY store",
     )
     .bind(id)
@@ -188,7 +189,7 @@ pub async fn record_verified(
             (store, n - before)
         })
         .collect();
-    sqlx::query(
+    sql::query(
         "UPDATE erasure.proofs SET verified_at = now(), late_rows = $2, remaining_rows = 0
           WHERE request_id = $1",
     )
@@ -215,7 +216,7 @@ pub async fn seal(
     statuses: &[RequestStatus],
     seal: &Seal,
 ) -> Result<bool, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = sql::begin(pool).await?;
     let sealed = seal_in(&mut tx, id, statuses, seal).await?;
     if sealed {
         tx.commit().await?;
@@ -231,7 +232,7 @@ async fn seal_in(
     statuses: &[RequestStatus],
     seal: &Seal,
 ) -> Result<bool, sqlx::Error> {
-    let open: Option<bool> = sqlx::query_scalar(
+    let open: Option<bool> = sql::query_scalar(
         "SELECT true FROM erasure.requests
           WHERE request_id = $1 AND status = ANY($2) AND proved_at IS NULL AND pii_redacted_at IS NULL
           FOR UPDATE",
@@ -243,7 +244,7 @@ async fn seal_in(
     if open.is_none() {
         return Ok(false);
     }
-    let users: Vec<(UserRef, UserStatus)> = sqlx::query_as(
+    let users: Vec<(UserRef, UserStatus)> = sql::query_as(
         "SELECT user_ref, status FROM erasure.request_users WHERE request_id = $1 ORDER BY position",
     )
     .bind(id)
@@ -253,7 +254,7 @@ async fn seal_in(
         .iter()
         .map(|(entry, outcome)| serde_json::json!({"hash": (seal.hash)(&seal.salt, entry), "outcome": outcome}))
         .collect();
-    sqlx::query(
+    sql::query(
         "WITH sealed AS (
              INSERT INTO erasure.proofs AS p (request_id, salt, subjects, catalog_digest)
              VALUES ($1, $2, $3, $4)
@@ -289,12 +290,12 @@ pub async fn verification(
     catalog: &Catalog,
     id: &RequestId,
 ) -> Result<Option<Verification>, sqlx::Error> {
-    let row: Option<(DateTime<Utc>, PerStore, i64)> = sqlx::query_as(
+    let row: Option<(DateTime<Utc>, PerStore, i64)> = sql::query_as(
         "SELECT verified_at, late_rows, remaining_rows FROM erasure.proofs
               WHERE request_id = $1 AND verified_at IS NOT NULL",
     )
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(sql::on(pool))
     .await?;
     Ok(row.map(|(at, late, remaining)| Verification {
         verified_on: contract::format_time(at),
@@ -329,7 +330,7 @@ pub async fn receipt_facts(
     id: &RequestId,
     account_id: &AccountId,
 ) -> Result<Option<ReceiptFacts>, sqlx::Error> {
-    let facts: Option<ReceiptFacts> = sqlx::query_as(
+    let facts: Option<ReceiptFacts> = sql::query_as(
         "SELECT r.request_id, r.account_id, r.status, r.created_at, r.completed_at, r.proved_at,
                 p.verified_at, p.salt, p.subjects, p.catalog_digest,
                 COALESCE(NULLIF(ARRAY(SELECT t.bot_id FROM erasure.tasks t
@@ -340,17 +341,17 @@ pub async fn receipt_facts(
     )
     .bind(id)
     .bind(account_id)
-    .fetch_optional(pool)
+    .fetch_optional(sql::on(pool))
     .await?;
     let Some(mut facts) = facts else {
         return Ok(None);
     };
-    facts.rows = sqlx::query_as(
+    facts.rows = sql::query_as(
         "SELECT store, bot_id, action, rows FROM erasure.task_rows
           WHERE request_id = $1 AND rows <> 0 ORDER BY store, bot_id",
     )
     .bind(id)
-    .fetch_all(pool)
+    .fetch_all(sql::on(pool))
     .await?;
     Ok(Some(facts))
 }

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::outbox::OutboxMessage;
+use super::sql;
 use crate::{
     catalog::{ANONYMIZE, Catalog, DELETE},
     contract::{self, EraseRequest, Progress, StatusDocument, StoreRows, UserEntry, UserResponse},
@@ -105,7 +106,7 @@ pub(super) async fn insert(
 ) -> Result<bool, sqlx::Error> {
     let users = user_columns(&r.request.user_ids);
     let inserted: i64 = bind_request(
-        sqlx::query_scalar(concat!(insert_request_sql!(), " SELECT count(*) FROM r")),
+        sql::query_scalar(concat!(insert_request_sql!(), " SELECT count(*) FROM r")),
         r,
         &users,
     )
@@ -136,7 +137,7 @@ pub async fn insert_with_outbox(
 ) -> Result<Option<OutboxMessage>, sqlx::Error> {
     let users = user_columns(&r.request.user_ids);
     let id: Option<i64> = bind_request(
-        sqlx::query_scalar(concat!(
+        sql::query_scalar(concat!(
             insert_request_sql!(
                 "WITH j AS (
                     INSERT INTO erasure.used_jtis (client_id, jti, expires_at)
@@ -161,7 +162,7 @@ pub async fn insert_with_outbox(
     .bind(payload)
     .bind(jti.map(|j| j.jti.as_str()))
     .bind(jti.map(|j| j.expires_at))
-    .fetch_optional(pool)
+    .fetch_optional(sql::on(pool))
     .await?;
     Ok(id.map(|id| OutboxMessage {
         id,
@@ -192,13 +193,13 @@ pub async fn find_by_idempotency_key(
     requested_by: &str,
     key: &str,
 ) -> Result<Option<(RequestId, Option<String>)>, sqlx::Error> {
-    sqlx::query_as(
+    sql::query_as(
         "SELECT request_id, body_digest FROM erasure.requests
           WHERE requested_by = $1 AND idempotency_key = $2",
     )
     .bind(requested_by)
     .bind(key)
-    .fetch_optional(pool)
+    .fetch_optional(sql::on(pool))
     .await
 }
 
@@ -215,7 +216,7 @@ pub(super) async fn set_outcomes(
                                "reason": outcome.reason(), "ids": ids})
         })
         .collect();
-    sqlx::query(
+    sql::query(
         "UPDATE erasure.request_users u
             SET status = o.status, reason = o.reason,
                 resolved_user_ids = ARRAY(SELECT jsonb_array_elements_text(o.ids))
@@ -237,12 +238,12 @@ pub async fn reject_protected(
     id: &RequestId,
     protections: &Protections,
 ) -> Result<Vec<PlatformUserId>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT 1 FROM erasure.requests WHERE request_id = $1 FOR UPDATE")
+    let mut tx = sql::begin(pool).await?;
+    sql::query("SELECT 1 FROM erasure.requests WHERE request_id = $1 FOR UPDATE")
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    let entries: Vec<(i32, Vec<PlatformUserId>)> = sqlx::query_as(
+    let entries: Vec<(i32, Vec<PlatformUserId>)> = sql::query_as(
         "SELECT position, resolved_user_ids FROM erasure.request_users
           WHERE request_id = $1 AND status = $2 ORDER BY position",
     )
@@ -260,7 +261,7 @@ pub async fn reject_protected(
         .collect();
     if !rejected.is_empty() {
         set_outcomes(&mut tx, &rejected).await?;
-        sqlx::query(
+        sql::query(
             "UPDATE erasure.requests SET erase_user_ids = $2, updated_at = now()
               WHERE request_id = $1",
         )
@@ -302,7 +303,7 @@ pub(super) async fn settle(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let settled: Vec<(RequestId, RequestStatus, f64)> = sqlx::query_as(
+    let settled: Vec<(RequestId, RequestStatus, f64)> = sql::query_as(
         "UPDATE erasure.requests r
             SET status = CASE WHEN NOT EXISTS (SELECT 1 FROM erasure.request_users u
                                                 WHERE u.request_id = r.request_id AND u.status <> $2)
@@ -320,7 +321,7 @@ pub(super) async fn settle(
     .await?;
     let ids: Vec<&RequestId> = settled.iter().map(|(id, _, _)| id).collect();
     if !ids.is_empty() {
-        sqlx::query(
+        sql::query(
             "UPDATE erasure.request_users SET status = $2, reason = NULL
               WHERE request_id = ANY($1) AND status = ANY($3)",
         )
@@ -345,7 +346,7 @@ pub(super) async fn fail(
     id: &RequestId,
     reason: &str,
 ) -> Result<Option<Settled>, sqlx::Error> {
-    let was: Option<(RequestStatus, f64)> = sqlx::query_as(
+    let was: Option<(RequestStatus, f64)> = sql::query_as(
         "WITH prev AS (SELECT status FROM erasure.requests WHERE request_id = $1 FOR UPDATE)
          UPDATE erasure.requests r
             SET status = $3, failure_reason = $2, updated_at = now(),
@@ -360,7 +361,7 @@ pub(super) async fn fail(
     .bind([RequestStatus::InProgress, RequestStatus::Failed])
     .fetch_optional(&mut **tx)
     .await?;
-    sqlx::query(
+    sql::query(
         "UPDATE erasure.request_users SET status = $3, reason = $2
           WHERE request_id = $1 AND status = ANY($4)",
     )
@@ -394,7 +395,7 @@ pub async fn hold_while(
     ids: &[&RequestId],
     status: RequestStatus,
 ) -> Result<bool, sqlx::Error> {
-    let held: Vec<RequestId> = sqlx::query_scalar(
+    let held: Vec<RequestId> = sql::query_scalar(
         "SELECT request_id FROM erasure.requests
           WHERE request_id = ANY($1) AND status = $2
           ORDER BY request_id FOR SHARE",
@@ -429,8 +430,8 @@ pub async fn cancel(
     id: &RequestId,
     account_id: Option<&AccountId>,
 ) -> Result<Cancel, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let status: Option<RequestStatus> = sqlx::query_scalar(
+    let mut tx = sql::begin(pool).await?;
+    let status: Option<RequestStatus> = sql::query_scalar(
         "SELECT status FROM erasure.requests
           WHERE request_id = $1 AND ($2::text IS NULL OR account_id = $2) FOR UPDATE",
     )
@@ -444,7 +445,7 @@ pub async fn cancel(
         Some(RequestStatus::InProgress) => {}
         Some(other) => return Ok(Cancel::AlreadySettled(other)),
     }
-    let seconds: f64 = sqlx::query_scalar(
+    let seconds: f64 = sql::query_scalar(
         "UPDATE erasure.requests
             SET status = $2, failure_reason = NULL, completed_at = now(), updated_at = now()
           WHERE request_id = $1
@@ -454,7 +455,7 @@ pub async fn cancel(
     .bind(RequestStatus::Cancelled)
     .fetch_one(&mut *tx)
     .await?;
-    sqlx::query(
+    sql::query(
         "UPDATE erasure.request_users SET status = $2, reason = NULL
           WHERE request_id = $1 AND status = ANY($3)",
     )
@@ -478,8 +479,8 @@ pub async fn cancel(
 /// `failed → pending`) for a redrive, which also marks the request's dead letters redriven:
 /// the request resumes where it stopped.
 pub async fn reopen(pool: &PgPool, id: &RequestId) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
+    let mut tx = sql::begin(pool).await?;
+    sql::query(
         "UPDATE erasure.requests
             SET status = $2, failure_reason = NULL, completed_at = NULL, updated_at = now()
           WHERE request_id = $1 AND status = $3",
@@ -489,7 +490,7 @@ pub async fn reopen(pool: &PgPool, id: &RequestId) -> Result<(), sqlx::Error> {
     .bind(RequestStatus::Failed)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
+    sql::query(
         "UPDATE erasure.request_users SET status = $2, reason = NULL
           WHERE request_id = $1 AND status = $3",
     )
@@ -533,7 +534,7 @@ pub async fn status_document(
     id: &RequestId,
     account_id: Option<&AccountId>,
 ) -> Result<Option<StatusDocument>, sqlx::Error> {
-    let row: Option<StatusRow> = sqlx::query_as(
+    let row: Option<StatusRow> = sql::query_as(
         "SELECT request_id, status, created_at, updated_at, completed_at,
                 remove_data_from_all_bots, tasks_total, tasks_done, failure_reason,
                 callback_url IS NOT NULL AS has_callback
@@ -542,15 +543,15 @@ pub async fn status_document(
     )
     .bind(id)
     .bind(account_id)
-    .fetch_optional(pool)
+    .fetch_optional(sql::on(pool))
     .await?;
     let Some(r) = row else { return Ok(None) };
-    let users: Vec<UserRow> = sqlx::query_as(
+    let users: Vec<UserRow> = sql::query_as(
         "SELECT user_ref, kind, status, reason FROM erasure.request_users
           WHERE request_id = $1 ORDER BY position",
     )
     .bind(id)
-    .fetch_all(pool)
+    .fetch_all(sql::on(pool))
     .await?;
     let response = users
         .into_iter()
@@ -599,12 +600,12 @@ async fn progress(
     catalog: &Catalog,
     r: &StatusRow,
 ) -> Result<Progress, sqlx::Error> {
-    let counted: Vec<(String, String, i64)> = sqlx::query_as(
+    let counted: Vec<(String, String, i64)> = sql::query_as(
         "SELECT store, action, sum(rows)::bigint FROM erasure.task_rows
           WHERE request_id = $1 GROUP BY store, action",
     )
     .bind(&r.request_id)
-    .fetch_all(pool)
+    .fetch_all(sql::on(pool))
     .await?;
     let of = |action: &str| {
         let mut rows: Vec<(String, i64)> = catalog
@@ -649,7 +650,7 @@ pub async fn list(
     status: Option<RequestStatus>,
     limit: i64,
 ) -> Result<Vec<Summary>, sqlx::Error> {
-    sqlx::query_as(
+    sql::query_as(
         "SELECT s.request_id, s.account_id, s.status, s.created_at, s.tasks_total, s.tasks_done,
                 s.rows_deleted, s.failure_reason,
                 CASE WHEN r.callback_url IS NULL THEN NULL
@@ -663,6 +664,6 @@ pub async fn list(
     )
     .bind(status)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(sql::on(pool))
     .await
 }

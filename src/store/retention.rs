@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::sql;
 use crate::domain::{PlatformUserId, RequestId, RequestStatus, UserRef};
 
 /// Requests redacted per transaction.
@@ -29,8 +30,8 @@ pub async fn redact_due(
     retention: Duration,
     hmac: impl Fn(&str) -> String,
 ) -> Result<Redacted, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let due: Vec<RequestId> = sqlx::query_scalar(
+    let mut tx = sql::begin(pool).await?;
+    let due: Vec<RequestId> = sql::query_scalar(
         "SELECT request_id FROM erasure.requests
           WHERE status = ANY($3) AND pii_redacted_at IS NULL AND proved_at IS NOT NULL
             AND completed_at < now() - make_interval(secs => $1::double precision)
@@ -48,7 +49,7 @@ pub async fn redact_due(
     for id in &due {
         redact_request(&mut tx, id, &hmac).await?;
     }
-    let dead_letters = sqlx::query(
+    let dead_letters = sql::query(
         "UPDATE erasure.dead_letters SET payload = NULL
           WHERE payload IS NOT NULL
             AND created_at < now() - make_interval(secs => $1::double precision)",
@@ -71,7 +72,7 @@ async fn redact_request(
     id: &RequestId,
     hmac: &impl Fn(&str) -> String,
 ) -> Result<(), sqlx::Error> {
-    let users: Vec<(i32, UserRef, Vec<PlatformUserId>)> = sqlx::query_as(
+    let users: Vec<(i32, UserRef, Vec<PlatformUserId>)> = sql::query_as(
         "SELECT position, user_ref, resolved_user_ids FROM erasure.request_users WHERE request_id = $1",
     )
     .bind(id)
@@ -92,7 +93,7 @@ async fn redact_request(
             serde_json::json!({"position": position, "ref": redact(user_ref.as_str()), "ids": ids})
         })
         .collect();
-    sqlx::query(
+    sql::query(
         "UPDATE erasure.request_users u
             SET user_ref = o.ref, resolved_user_ids = ARRAY(SELECT jsonb_array_elements_text(o.ids))
            FROM jsonb_to_recordset($2) AS o(position integer, ref text, ids jsonb)
@@ -102,17 +103,17 @@ async fn redact_request(
     .bind(serde_json::Value::Array(rows))
     .execute(&mut **tx)
     .await?;
-    sqlx::query(
+    sql::query(
         "UPDATE erasure.requests SET erase_user_ids = '{}', pii_redacted_at = now() WHERE request_id = $1",
     )
     .bind(id)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("UPDATE erasure.dead_letters SET payload = NULL WHERE request_id = $1")
+    sql::query("UPDATE erasure.dead_letters SET payload = NULL WHERE request_id = $1")
         .bind(id)
         .execute(&mut **tx)
         .await?;
-    sqlx::query("DELETE FROM erasure.outbox WHERE message_id = $1")
+    sql::query("DELETE FROM erasure.outbox WHERE message_id = $1")
         .bind(id)
         .execute(&mut **tx)
         .await?;

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::sql;
 use super::{
     outbox::{self, OutboxMessage},
     requests::{self, Settled},
@@ -22,7 +23,7 @@ pub(super) async fn insert(
         return Ok(());
     }
     let (requests, bots): (Vec<&RequestId>, Vec<&BotId>) = tasks.iter().copied().unzip();
-    sqlx::query(
+    sql::query(
         "INSERT INTO erasure.tasks (request_id, bot_id)
          SELECT * FROM unnest($1::text[], $2::text[])
          ON CONFLICT DO NOTHING",
@@ -61,20 +62,20 @@ pub async fn load(
     works: &[Work<'_>],
 ) -> Result<Vec<Option<TaskGroup>>, sqlx::Error> {
     let (requests, bots) = pairs(works);
-    let users: Vec<(RequestId, Vec<PlatformUserId>)> = sqlx::query_as(
+    let users: Vec<(RequestId, Vec<PlatformUserId>)> = sql::query_as(
         "SELECT request_id, erase_user_ids FROM erasure.requests WHERE request_id = ANY($1)",
     )
     .bind(&requests)
-    .fetch_all(pool)
+    .fetch_all(sql::on(pool))
     .await?;
-    let tasks: Vec<(RequestId, BotId, TaskStatus, i32)> = sqlx::query_as(
+    let tasks: Vec<(RequestId, BotId, TaskStatus, i32)> = sql::query_as(
         "SELECT t.request_id, t.bot_id, t.status, t.slice FROM erasure.tasks t
            JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[]) AS w(request_id, bot_id)) w
              ON t.request_id = w.request_id AND t.bot_id = w.bot_id",
     )
     .bind(&requests)
     .bind(&bots)
-    .fetch_all(pool)
+    .fetch_all(sql::on(pool))
     .await?;
     Ok(works
         .iter()
@@ -134,7 +135,7 @@ pub async fn count_rows(
     if rows.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    sql::query(
         "INSERT INTO erasure.batch_rows (request_id, store, action, bot_ids, rows)
          SELECT c.request_id, c.store, c.action,
                 ARRAY(SELECT jsonb_array_elements_text(c.bots)),
@@ -177,7 +178,7 @@ pub async fn count_forwarded(
     let batches: Vec<uuid::Uuid> = entries.iter().map(|e| e.batch_id).collect();
     let requests: Vec<&str> = entries.iter().map(|e| e.request_id.as_str()).collect();
     let (stores, actions, bots, rows) = ledger_columns(entries);
-    sqlx::query(
+    sql::query(
         "WITH e AS (SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])
                             AS e(batch_id, request_id, store, action, bot_id, rows)),
               new AS (INSERT INTO erasure.forwarded_batches (batch_id, database)
@@ -195,7 +196,7 @@ pub async fn count_forwarded(
     .bind(&actions)
     .bind(&bots)
     .bind(&rows)
-    .execute(pool)
+    .execute(sql::on(pool))
     .await?;
     Ok(())
 }
@@ -222,8 +223,8 @@ pub async fn complete(
     started: DateTime<Utc>,
 ) -> Result<Vec<Completed>, sqlx::Error> {
     let (requests, bots) = pairs(works);
-    let mut tx = pool.begin().await?;
-    let done: Vec<(RequestId, BotId)> = sqlx::query_as(
+    let mut tx = sql::begin(pool).await?;
+    let done: Vec<(RequestId, BotId)> = sql::query_as(
         "WITH w AS (SELECT t.request_id, t.bot_id FROM erasure.tasks t
                       JOIN unnest($1::text[], $2::text[]) AS w(request_id, bot_id)
                         ON t.request_id = w.request_id AND t.bot_id = w.bot_id
@@ -251,7 +252,7 @@ pub async fn complete(
     }
     counts.sort();
     let (ids, ns): (Vec<&RequestId>, Vec<i32>) = counts.iter().copied().unzip();
-    let counted: Vec<(RequestId, bool)> = sqlx::query_as(
+    let counted: Vec<(RequestId, bool)> = sql::query_as(
         "WITH d AS (SELECT * FROM unnest($1::text[], $2::int[]) AS d(request_id, n)),
               locked AS (SELECT r.request_id FROM erasure.requests r JOIN d USING (request_id)
                           ORDER BY r.request_id FOR UPDATE OF r)
@@ -309,8 +310,8 @@ pub async fn advance(
     started: DateTime<Utc>,
     continuations: impl Fn(&[BotId]) -> Vec<(String, Vec<u8>)>,
 ) -> Result<Vec<OutboxMessage>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let advanced: Vec<BotId> = sqlx::query_scalar(
+    let mut tx = sql::begin(pool).await?;
+    let advanced: Vec<BotId> = sql::query_scalar(
         "UPDATE erasure.tasks
             SET slice = slice + 1, started_at = COALESCE(started_at, $5), updated_at = now()
           WHERE request_id = $1 AND bot_id = ANY($2) AND slice = $3 AND status <> ALL($4)
@@ -340,7 +341,7 @@ pub(super) async fn fail(
     bots: &[BotId],
     reason: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sql::query(
         "UPDATE erasure.tasks SET status = $4, failure_reason = $3, updated_at = now()
           WHERE request_id = $1 AND bot_id = ANY($2) AND status <> ALL($5)",
     )
@@ -360,7 +361,7 @@ pub(super) async fn cancel(
     tx: &mut Transaction<'_, Postgres>,
     id: &RequestId,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sql::query(
         "UPDATE erasure.tasks SET status = $2, updated_at = now()
           WHERE request_id = $1 AND status <> $3",
     )
@@ -377,7 +378,7 @@ pub(super) async fn reopen(
     tx: &mut Transaction<'_, Postgres>,
     id: &RequestId,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sql::query(
         "UPDATE erasure.tasks SET status = $2, failure_reason = NULL, updated_at = now()
           WHERE request_id = $1 AND status = $3",
     )

@@ -246,7 +246,7 @@ async fn recheck(ctx: &Ctx, works: &mut [Work<'_>]) -> Result<(), JobError> {
     let protections = retry::transient(
         ctx.retry_budget(),
         retry::Operation::RecheckProtection,
-        || store::platform::protections(&ctx.pool, &users),
+        || store::platform::protections(store::sql::on(&ctx.pool), &users),
     )
     .await?;
     if protections.is_empty() {

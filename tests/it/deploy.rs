@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::helpers::TestEnv;
 
 /// Settings that carry credentials: they belong in the Secret, not the ConfigMap.
-const CREDENTIAL_URLS: [&str; 2] = ["DATABASE_URL", "AMQP_URL"];
+const CREDENTIAL_URLS: [&str; 3] = ["DATABASE_URL", "ERASURE_MIGRATION_DATABASE_URL", "AMQP_URL"];
 /// What the consumer waits after the grace period for handed-back work, plus closing.
 const SHUTDOWN_MARGIN_SECONDS: u64 = 10;
 

@@ -4,9 +4,13 @@
 //! auth file and log in a temporary directory, trust authentication, and stops it (and removes
 //! the directory) when dropped.
 //!
-//! The service does not work through PgBouncer in transaction mode yet; the ignored test at
-//! the end is the experiment that says exactly what breaks (and measures how many server
-//! connections each role keeps busy).
+//! With `ERASURE_DB_POOLER=transaction` the service works through it (`erasure::store::sql`:
+//! every statement unnamed and inside a transaction, `SET LOCAL statement_timeout`, no
+//! migration through the pooler); the tests after the helper check that with the real
+//! PgBouncer, and that no statement of the service bypasses that module. The ignored test in
+//! the middle is the experiment that found what breaks without it (the service's code as it
+//! was, sqlx's defaults), kept as the record of why, and the measure of how many server
+//! connections each role keeps busy (the README's connection budget).
 
 use std::{
     collections::BTreeMap,
@@ -615,14 +619,29 @@ async fn experiment_the_service_through_pgbouncer_in_transaction_mode() {
     service.kill().await;
     drop(bouncer);
 
-    // 10. The budget: how many connections each role keeps busy at once (active, or idle in
-    // a transaction: what would hold a PgBouncer server connection in transaction mode),
-    // measured directly on PostgreSQL, one role running at a time: the intake under 60
-    // concurrent calls, then a worker erasing them at the deployment's pool (16 connections,
-    // 4 tasks at once), then again with a pool too large to be the limit (64).
+    // 10. The budget (see `measure_budget`), the service as it was: directly on PostgreSQL.
+    measure_budget(None).await;
+}
+
+/// The connection budget: how many connections each role keeps busy at once (active, or idle
+/// in a transaction: what holds a PgBouncer server connection in transaction mode), measured
+/// on PostgreSQL, one role running at a time: the intake under 60 concurrent calls, then a
+/// worker erasing them at the deployment's pool (16 connections, 4 tasks at once), then again
+/// with a pool too large to be the limit (64). Directly on PostgreSQL (`None`), or through
+/// `bouncer` with `ERASURE_DB_POOLER=transaction`.
+async fn measure_budget(bouncer: Option<&PgBouncer>) {
     let env = TestEnv::with_vars(&[("ERASURE_DB_MAX_CONNECTIONS", "16")]).await;
+    let mut through: Vec<(&str, String)> = Vec::new();
+    if let Some(b) = bouncer {
+        through = behind(b, &env).to_vec();
+    }
     let bots = env.account("acct-budget", 5).await;
     let (_, _, token) = env.app("acct-budget", &["delete_users_data"]).await;
+    let mode = if bouncer.is_some() {
+        "through PgBouncer"
+    } else {
+        "direct"
+    };
     for (round, pool) in [(0, "16"), (1, "64")] {
         let users: Vec<String> = (0..60).map(|u| format!("u-budget-{round}-{u}")).collect();
         for u in &users {
@@ -631,7 +650,7 @@ async fn experiment_the_service_through_pgbouncer_in_transaction_mode() {
                 env.rows(u, b, 200).await;
             }
         }
-        let intake = crate::process::Process::spawn(&env, "intake", &[]).await;
+        let intake = crate::process::Process::spawn(&env, "intake", &vars(&through)).await;
         let sampler = Sampler::start(&env.db_name).await;
         let http = reqwest::Client::new();
         let calls = users.iter().map(|u| {
@@ -653,12 +672,13 @@ async fn experiment_the_service_through_pgbouncer_in_transaction_mode() {
         });
         let ids = futures_util::future::join_all(calls).await;
         report(
-            "10 intake, 60 concurrent calls: busy at once, distinct",
+            &format!("10 {mode}: intake, 60 concurrent calls: busy at once, distinct"),
             sampler.stop().await,
         );
         intake.kill().await;
         let sampler = Sampler::start(&env.db_name).await;
-        let overrides = [("ERASURE_DB_MAX_CONNECTIONS", pool)];
+        let mut overrides = vars(&through);
+        overrides.push(("ERASURE_DB_MAX_CONNECTIONS", pool));
         let worker = crate::process::Process::spawn(&env, "worker", &overrides).await;
         for id in &ids {
             assert_eq!(
@@ -668,11 +688,25 @@ async fn experiment_the_service_through_pgbouncer_in_transaction_mode() {
         }
         let peak = sampler.stop().await;
         report(
-            &format!("   worker, pool {pool}, erasing them (60 x 5 bots, 180,000 rows)"),
+            &format!("   {mode}: worker, pool {pool}, erasing them (60 x 5 bots, 180,000 rows)"),
             peak,
         );
         worker.kill().await;
     }
+}
+
+/// The connection budget of the README, through PgBouncer in transaction mode with
+/// `ERASURE_DB_POOLER=transaction` (40 server connections: more than either role uses).
+/// Run: `cargo test --test it pgbouncer::connection_budget -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement (the README's connection budget); run by hand"]
+async fn connection_budget_through_pgbouncer() {
+    let bouncer = PgBouncer::start(&Settings {
+        default_pool_size: 40,
+        max_client_conn: 200,
+        ..Settings::default()
+    });
+    measure_budget(Some(&bouncer)).await;
 }
 
 /// Samples, every 5 ms, the service's connections to a database that are not idle.
@@ -713,4 +747,501 @@ impl Sampler {
         let _ = self.stop.send(());
         self.task.await.unwrap()
     }
+}
+
+// ---- The service through PgBouncer in transaction mode (ERASURE_DB_POOLER=transaction) -------
+
+/// Files whose statements may bypass `erasure::store::sql`: the module itself, and the demo
+/// and benchmark data (`erasure seed`, `erasure bench`), which run directly on PostgreSQL.
+const DIRECT_ONLY: &[&str] = &["src/store/sql.rs", "src/seed.rs", "src/bin/erasure/bench/"];
+
+fn rust_files(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The argument of a one-argument call starting at `open` (just after its `(`), if the call
+/// closes on the same line.
+fn single_argument(rest: &str) -> Option<&str> {
+    let mut depth = 0;
+    for (i, c) in rest.char_indices() {
+        match c {
+            '(' | '[' => depth += 1,
+            ')' | ']' if depth > 0 => depth -= 1,
+            ')' => return Some(&rest[..i]),
+            ',' if depth == 0 => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// What is wrong with one line of the service's source, if anything (see the test below).
+fn bypasses(line: &str) -> Option<String> {
+    for banned in [
+        "sqlx::query(",
+        "sqlx::query_as(",
+        "sqlx::query_scalar(",
+        "sqlx::query::<",
+        "sqlx::query_as::<",
+        "sqlx::query_scalar::<",
+        "sqlx::query_with",
+        "sqlx::query_as_with",
+        "sqlx::query_scalar_with",
+        "sqlx::raw_sql",
+        "QueryBuilder",
+        ".persistent(true)",
+        ".begin()",
+        ".begin_with(",
+        ".acquire()",
+    ] {
+        if line.contains(banned) {
+            return Some(format!("`{banned}`"));
+        }
+    }
+    // The functions of store/platform.rs take any executor: never a bare pool.
+    for (at, _) in line.match_indices("platform::") {
+        let rest = &line[at..];
+        if let Some(open) = rest.find('(')
+            && rest[..open]
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '_' || c == ':')
+        {
+            let arg = rest[open + 1..].trim_start();
+            if arg.starts_with('&') && !arg.starts_with("&mut ") {
+                return Some(format!("a bare pool given to {}", &rest[..open]));
+            }
+        }
+    }
+    for method in [
+        ".execute(",
+        ".fetch(",
+        ".fetch_one(",
+        ".fetch_all(",
+        ".fetch_optional(",
+        ".fetch_many(",
+    ] {
+        for (at, _) in line.match_indices(method) {
+            let Some(arg) = single_argument(&line[at + method.len()..]) else {
+                continue;
+            };
+            let arg = arg.trim();
+            let fine = arg.starts_with("&mut ")
+                || arg.contains("sql::on(")
+                || ["exec", "conn", "tx", ""].contains(&arg);
+            if !fine {
+                return Some(format!("a statement run on `{arg}`"));
+            }
+        }
+    }
+    None
+}
+
+/// Behind a pooler in transaction mode every statement must be unnamed and inside a
+/// transaction; `erasure::store::sql` makes them so. This fails when a statement bypasses it:
+/// a statement built with `sqlx::query*`/`raw_sql`/`QueryBuilder` instead of `sql::query*`,
+/// forced named, a transaction opened with `.begin()` instead of `sql::begin*`, a connection
+/// held with `.acquire()`, or a statement run on anything but a transaction, a connection
+/// (`&mut …`, `conn`, `tx`, a generic `exec`) or `sql::on(pool)`. A line (or the line above
+/// it) saying `pooler:` and why is allowed.
+#[test]
+fn every_statement_of_the_service_goes_through_store_sql() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    assert!(files.len() > 40, "the service's sources are found");
+    let mut found = Vec::new();
+    for file in files {
+        let name = file.strip_prefix(root).unwrap().display().to_string();
+        if DIRECT_ONLY.iter().any(|d| name.starts_with(d)) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut previous = "";
+        for (n, line) in text.lines().enumerate() {
+            let code = line.trim_start();
+            if line.contains("PgExecutor") && name != "src/store/platform.rs" {
+                found.push(format!(
+                    "{name}:{}: a function generic over executors outside store/platform.rs \
+                     (the scan checks that platform's callers give no bare pool)",
+                    n + 1
+                ));
+            }
+            if !code.starts_with("//")
+                && !line.contains("pooler:")
+                && !previous.contains("pooler:")
+                && let Some(what) = bypasses(line)
+            {
+                found.push(format!("{name}:{}: {what}: {}", n + 1, line.trim()));
+            }
+            previous = line;
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "statements that bypass erasure::store::sql (see its module documentation):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_source_scan_catches_what_it_should() {
+    for bad in [
+        "    platform::bot_accounts(&state.pool, &request.bot_ids)",
+        r#"    sqlx::query("SELECT 1")"#,
+        "    .fetch_all(pool)",
+        "    .execute(&self.pool)",
+        "    .fetch_optional(&state.pool)",
+        "    let mut tx = pool.begin().await?;",
+        "    .persistent(true)",
+    ] {
+        assert!(bypasses(bad).is_some(), "{bad}");
+    }
+    for good in [
+        "    platform::bot_accounts(store::sql::on(&state.pool), &ids)",
+        "    platform::known_accounts(&mut *self.tx, &accounts)",
+        r#"    sql::query("SELECT 1")"#,
+        "    .fetch_all(sql::on(pool))",
+        "    .execute(&mut *tx)",
+        "    .fetch_one(exec)",
+        "    self.execute(ctx, msg, stop)",
+        "    let mut tx = sql::begin(pool).await?;",
+    ] {
+        assert_eq!(bypasses(good), None, "{good}");
+    }
+}
+
+/// The child half of [`store_sql_through_pgbouncer_is_unnamed_in_transactions_with_the_timeout`]:
+/// the pooler mode is the process's, so it runs in a process of its own (this test binary
+/// again), never in the test process, whose other tests run directly on PostgreSQL.
+#[tokio::test]
+#[ignore = "run by its parent test, in a child process"]
+async fn store_sql_child() {
+    use erasure::store::{self, sql};
+    let Ok(url) = std::env::var("ERASURE_PGBOUNCER_CHILD_URL") else {
+        return;
+    };
+    sql::use_transaction_pooler(Duration::from_millis(300));
+    // A PgBouncer that ignores no startup parameter: the pool sends none it refuses.
+    let pool = store::connect(&url, 8, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let timeout: String = sql::query_scalar("SHOW statement_timeout")
+        .fetch_one(sql::on(&pool))
+        .await
+        .unwrap();
+    assert_eq!(timeout, "300ms");
+    // A statement that sleeps longer than the timeout is cancelled, on a pool or in a
+    // transaction of each kind.
+    let started = Instant::now();
+    let e = sql::query("SELECT pg_sleep(3)")
+        .execute(sql::on(&pool))
+        .await
+        .unwrap_err();
+    assert!(
+        store::is_transient(&e) && e.to_string().contains("statement timeout"),
+        "{e}"
+    );
+    for kind in 0..4 {
+        let mut tx = match kind {
+            0 => sql::begin(&pool).await,
+            1 => sql::begin_snapshot(&pool).await,
+            2 => sql::begin_relaxed(&pool).await,
+            _ => sql::begin_relaxed_snapshot(&pool).await,
+        }
+        .unwrap();
+        let e = sql::query("SELECT pg_sleep(3)")
+            .execute(&mut *tx)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("statement timeout"), "{kind}: {e}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut tx = store::begin_relaxed(&pool).await.unwrap();
+    let sync: String = sql::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(sync, "off");
+    // 8 clients x 50 statements with a bound parameter, one of 8 texts, through 2 server
+    // connections: what broke named and unnamed statements in the experiment below.
+    let outcome = hammer(8, 50, move |i| {
+        let pool = pool.clone();
+        async move {
+            let k = (i % 8) as i32;
+            let statement = format!("SELECT $1::int4 + {k}");
+            let n: i32 = sql::query_scalar(sqlx::AssertSqlSafe(statement))
+                .bind(i as i32)
+                .fetch_one(sql::on(&pool))
+                .await?;
+            if n != i as i32 + k {
+                return Err(sqlx::Error::Protocol("WRONG ANSWER".into()));
+            }
+            Ok(())
+        }
+    })
+    .await;
+    assert_eq!(outcome, BTreeMap::from([("ok".to_string(), 400)]));
+}
+
+/// `erasure::store::sql` in pooler mode through PgBouncer 1.18 in transaction mode, strict
+/// (no `ignore_startup_parameters`), 2 server connections: the connection is accepted, the
+/// statement timeout is in force in every kind of transaction and on a pool, relaxed commits
+/// stay relaxed, and 400 statements from 8 clients all get their own answer.
+#[tokio::test]
+async fn store_sql_through_pgbouncer_is_unnamed_in_transactions_with_the_timeout() {
+    let env = TestEnv::new().await;
+    let bouncer = PgBouncer::start(&Settings::default());
+    let child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "pgbouncer::store_sql_child",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("ERASURE_PGBOUNCER_CHILD_URL", bouncer.url(&env.db_name))
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), child)
+        .await
+        .expect("the child test ends")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        bouncer.log()
+    );
+}
+
+/// The settings that put a service process behind `bouncer`.
+fn behind(bouncer: &PgBouncer, env: &TestEnv) -> [(&'static str, String); 2] {
+    [
+        ("DATABASE_URL", bouncer.url(&env.db_name)),
+        ("ERASURE_DB_POOLER", "transaction".into()),
+    ]
+}
+
+fn vars<'a>(settings: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    settings.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// `users` users, each with `rows` rows per store in each of `bots`; erased by one request
+/// each, all sent at once to the intake at `http`. Returns the request ids.
+async fn erase_at_once(
+    env: &TestEnv,
+    http: std::net::SocketAddr,
+    tag: &str,
+    users: usize,
+    rows: i64,
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let bots = env.account(&format!("acct-{tag}"), 2).await;
+    let (_, _, token) = env
+        .app(&format!("acct-{tag}"), &["delete_users_data"])
+        .await;
+    let users: Vec<String> = (0..users).map(|u| format!("u-{tag}-{u}")).collect();
+    for u in users.iter().chain([&format!("u-{tag}-kept")]) {
+        env.user(u, None, None).await;
+        for b in &bots {
+            env.rows(u, b, rows).await;
+        }
+    }
+    let client = reqwest::Client::new();
+    let calls = users.iter().map(|u| {
+        let request = client
+            .delete(format!("http://{http}/api/public/bot/eraseUsersData"))
+            .header("auth", &token)
+            .json(&serde_json::json!({"userIds": [u], "botIds": bots}));
+        async move {
+            let answer = request.send().await.unwrap();
+            let status = answer.status();
+            let body: serde_json::Value = answer.json().await.unwrap_or_default();
+            assert_eq!(status, 202, "{body}");
+            body["requestId"].as_str().unwrap().to_string()
+        }
+    });
+    let ids = futures_util::future::join_all(calls).await;
+    (ids, users, bots)
+}
+
+/// Every request completed with exactly its rows, nothing else touched, no database error
+/// logged by `logs`.
+async fn assert_erased(
+    env: &TestEnv,
+    (ids, users, bots): &(Vec<String>, Vec<String>, Vec<String>),
+    rows: i64,
+    logs: &[String],
+) {
+    for id in ids {
+        assert_eq!(
+            env.wait_settled(id, Duration::from_secs(60)).await,
+            "completed"
+        );
+        assert_eq!(env.rows_deleted(id).await, rows * 3 * bots.len() as i64);
+    }
+    for u in users {
+        for b in bots {
+            assert_eq!(env.count_rows(u, b).await, 0);
+        }
+    }
+    let kept = format!("{}-kept", users[0].rsplit_once('-').unwrap().0);
+    for b in bots {
+        assert_eq!(env.count_rows(&kept, b).await, rows * 3);
+    }
+    for log in logs {
+        for line in log.lines() {
+            assert!(
+                !line.contains("\"ERROR\"") && !line.contains("prepared statement"),
+                "{line}"
+            );
+        }
+    }
+}
+
+/// The whole service (`serve --role all`) through PgBouncer in transaction mode, strict (no
+/// ignored startup parameter), 3 server connections for a pool of 8: concurrent requests
+/// complete with exact counts.
+#[tokio::test]
+async fn the_service_erases_through_pgbouncer_in_transaction_mode() {
+    let env = TestEnv::new().await;
+    let bouncer = PgBouncer::start(&Settings {
+        default_pool_size: 3,
+        ..Settings::default()
+    });
+    let settings = behind(&bouncer, &env);
+    let service = crate::process::Process::spawn(&env, "all", &vars(&settings)).await;
+    let work = erase_at_once(&env, service.http, "pgb-all", 8, 300).await;
+    assert_erased(&env, &work, 300, &[service.log_text()]).await;
+    service.kill().await;
+}
+
+/// An intake and two worker replicas, all through one PgBouncer with 2 server connections
+/// (each process has a pool of 8): the replicas share the work, every request completes.
+#[tokio::test]
+async fn an_intake_and_two_workers_share_two_server_connections() {
+    let env = TestEnv::new().await;
+    let bouncer = PgBouncer::start(&Settings::default());
+    let settings = behind(&bouncer, &env);
+    let intake = crate::process::Process::spawn(&env, "intake", &vars(&settings)).await;
+    let a = crate::process::Process::spawn(&env, "worker", &vars(&settings)).await;
+    let b = crate::process::Process::spawn(&env, "worker", &vars(&settings)).await;
+    let work = erase_at_once(&env, intake.http, "pgb-fleet", 12, 200).await;
+    let logs = [intake.log_text(), a.log_text(), b.log_text()];
+    assert_erased(&env, &work, 200, &logs).await;
+    for p in [intake, a, b] {
+        p.kill().await;
+    }
+}
+
+/// Runs `erasure ARGS` with the test's settings and `overrides`; (success, stderr).
+async fn erasure(env: &TestEnv, args: &[&str], overrides: &[(&str, &str)]) -> (bool, String) {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_erasure"))
+        .args(args)
+        .env_clear()
+        .envs(&env.vars)
+        .envs(overrides.iter().copied())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("erasure ends by itself")
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Behind a pooler in transaction mode nothing migrates through it: `erasure serve` on a
+/// database that lacks migrations stops, naming `erasure migrate` and the setting;
+/// `erasure migrate` refuses without a direct URL and migrates with one; then serve starts.
+/// With the direct URL set, serve migrates over it by itself.
+#[tokio::test]
+async fn behind_a_pooler_migrations_go_over_the_direct_url() {
+    let bouncer = PgBouncer::start(&Settings::default());
+    let env = TestEnv::unmigrated().await;
+    let settings = behind(&bouncer, &env);
+    let pooled = vars(&settings);
+    let (ok, stderr) = erasure(&env, &["serve", "--role", "intake"], &pooled).await;
+    assert!(!ok, "serve refuses to start:\n{stderr}");
+    for expected in [
+        "lacks 9 migration(s)",
+        "erasure migrate",
+        "ERASURE_MIGRATION_DATABASE_URL",
+    ] {
+        assert!(stderr.contains(expected), "{expected} in:\n{stderr}");
+    }
+    let (ok, stderr) = erasure(&env, &["migrate"], &pooled).await;
+    assert!(
+        !ok && stderr.contains("ERASURE_MIGRATION_DATABASE_URL"),
+        "{stderr}"
+    );
+    let mut direct = pooled.clone();
+    direct.push(("ERASURE_MIGRATION_DATABASE_URL", env.db_url.as_str()));
+    let (ok, stderr) = erasure(&env, &["migrate"], &direct).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        erasure::store::pending_migrations(&env.pool)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let intake = crate::process::Process::spawn(&env, "intake", &pooled).await;
+    intake.kill().await;
+
+    let fresh = TestEnv::unmigrated().await;
+    let settings = behind(&bouncer, &fresh);
+    let mut direct = vars(&settings);
+    direct.push(("ERASURE_MIGRATION_DATABASE_URL", fresh.db_url.as_str()));
+    let service = crate::process::Process::spawn(&fresh, "intake", &direct).await;
+    service.kill().await;
+    assert!(
+        erasure::store::pending_migrations(&fresh.pool)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Directly on PostgreSQL (`ERASURE_DB_POOLER=none`, this test process) nothing of the pooler
+/// mode applies: a statement on the pool is a named statement, prepared once per connection and
+/// reused, and the session carries the statement timeout.
+#[tokio::test]
+async fn directly_on_postgresql_statements_stay_named_and_cached() {
+    use erasure::store::{self, sql};
+    assert!(!sql::pooled());
+    let env = TestEnv::new().await;
+    let pool = store::connect(&env.db_url, 1, Duration::from_secs(7))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(store::outbox::backlog(&pool).await.unwrap(), 0);
+    }
+    let prepared: Vec<(String, String)> =
+        sql::query_as("SELECT name, statement FROM pg_prepared_statements")
+            .fetch_all(sql::on(&pool))
+            .await
+            .unwrap();
+    let backlog: Vec<&(String, String)> = prepared
+        .iter()
+        .filter(|(_, s)| s.contains("erasure.outbox"))
+        .collect();
+    assert_eq!(backlog.len(), 1, "prepared once: {prepared:?}");
+    assert!(backlog[0].0.starts_with("sqlx_s_"), "{prepared:?}");
+    let timeout: String = sql::query_scalar("SHOW statement_timeout")
+        .fetch_one(sql::on(&pool))
+        .await
+        .unwrap();
+    assert_eq!(timeout, "7s");
 }
