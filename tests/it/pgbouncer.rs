@@ -1175,8 +1175,13 @@ async fn behind_a_pooler_migrations_go_over_the_direct_url() {
     let pooled = vars(&settings);
     let (ok, stderr) = erasure(&env, &["serve", "--role", "intake"], &pooled).await;
     assert!(!ok, "serve refuses to start:\n{stderr}");
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension() == Some("sql".as_ref()))
+        .count();
+    let lacks = format!("lacks {migrations} migration(s)");
     for expected in [
-        "lacks 9 migration(s)",
+        lacks.as_str(),
         "erasure migrate",
         "ERASURE_MIGRATION_DATABASE_URL",
     ] {
