@@ -118,6 +118,17 @@ impl On<'_> {
         Ok(Some(Guarded { tx, hold }))
     }
 
+    /// [`Self::count_and_commit`], then the batch those rows make.
+    async fn commit_batch(
+        &self,
+        tx: Guarded,
+        stores: Vec<StoreRows>,
+        drained: bool,
+    ) -> Result<Batch, sqlx::Error> {
+        self.count_and_commit(tx, &stores).await?;
+        Ok(Batch { stores, drained })
+    }
+
     /// Counts `stores` (of this batch's request) in the batch's transaction and commits.
     async fn count_and_commit(&self, tx: Guarded, stores: &[StoreRows]) -> Result<(), sqlx::Error> {
         let rows: Vec<(&RequestId, &StoreRows)> =
@@ -189,8 +200,7 @@ impl On<'_> {
             .fetch_one(&mut *tx)
             .await?;
         let stores = vec![StoreRows { store, bots, rows }];
-        self.count_and_commit(tx, &stores).await?;
-        Ok(Batch { stores, drained })
+        self.commit_batch(tx, stores, drained).await
     }
 
     /// Plain SQL's way, when all the target's rows fit in one batch: one count and one plain
@@ -345,8 +355,7 @@ impl On<'_> {
                 .await?;
             stores.push(StoreRows { store, bots, rows });
         }
-        self.count_and_commit(tx, &stores).await?;
-        Ok(Batch { stores, drained })
+        self.commit_batch(tx, stores, drained).await
     }
 
     /// Overwrites the declared columns of up to `limit` rows; the user column among them, so
@@ -371,8 +380,7 @@ impl On<'_> {
         }
         let (bots, rows, drained): (Vec<BotId>, Vec<i64>, bool) = query.fetch_one(&mut *tx).await?;
         let stores = vec![StoreRows { store, bots, rows }];
-        self.count_and_commit(tx, &stores).await?;
-        Ok(Batch { stores, drained })
+        self.commit_batch(tx, stores, drained).await
     }
 }
 

@@ -4,10 +4,10 @@
 //! flight allow. Three rounds, alternating which app goes first; the figures are the medians.
 //! No workers: this is the intake alone.
 
-use erasure::{domain::AccountId, intake::auth, secrets, store::apps};
+use erasure::intake::auth;
 use serde_json::json;
 
-use super::{Bench, Figures, SMALL_ACCOUNT, percentile, small::submit, step};
+use super::{Bench, Figures, SMALL_ACCOUNT, percentile, register_app, small::submit, step};
 
 const ROUNDS: usize = 3;
 
@@ -56,25 +56,7 @@ pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()>
 
 /// An app of the small account: (client id, secret).
 async fn app(bench: &Bench<'_>, enforce_jti: bool) -> anyhow::Result<(String, String)> {
-    let client_id = format!("cs-bench-jti-{}", uuid::Uuid::new_v4());
-    let secret = secrets::new_client_secret();
-    let sealed = secrets::seal(&bench.opts.config.keys.secret_key.bytes, secret.as_bytes());
-    apps::insert(
-        &bench.pool,
-        &apps::NewApp {
-            client_id: &client_id,
-            account_id: &AccountId::from(SMALL_ACCOUNT),
-            scopes: &[auth::SCOPE.to_string()],
-            algorithm: "HS256",
-            secret_sealed: Some(&sealed),
-            public_key_pem: None,
-            webhook_secret_sealed: None,
-            callback_url: None,
-            enforce_jti,
-        },
-    )
-    .await?;
-    Ok((client_id, secret))
+    register_app(bench, SMALL_ACCOUNT, enforce_jti).await
 }
 
 /// `n` calls, each with a token minted beforehand (single-use ones with a fresh `jti`, plain

@@ -31,8 +31,13 @@ use super::{
     step,
 };
 
-/// Registers an HS256 app of `account` and mints a day-long token for it.
-async fn app_token(bench: &Bench<'_>, account: &str) -> anyhow::Result<String> {
+/// Registers an HS256 app of `account` (single-use tokens if `enforce_jti`): (client id,
+/// secret).
+async fn register_app(
+    bench: &Bench<'_>,
+    account: &str,
+    enforce_jti: bool,
+) -> anyhow::Result<(String, String)> {
     let client_id = format!("cs-bench-{}", uuid::Uuid::new_v4());
     let secret = secrets::new_client_secret();
     let sealed = secrets::seal(&bench.opts.config.keys.secret_key.bytes, secret.as_bytes());
@@ -47,10 +52,16 @@ async fn app_token(bench: &Bench<'_>, account: &str) -> anyhow::Result<String> {
             public_key_pem: None,
             webhook_secret_sealed: None,
             callback_url: None,
-            enforce_jti: false,
+            enforce_jti,
         },
     )
     .await?;
+    Ok((client_id, secret))
+}
+
+/// Registers an HS256 app of `account` and mints a day-long token for it.
+async fn app_token(bench: &Bench<'_>, account: &str) -> anyhow::Result<String> {
+    let (client_id, secret) = register_app(bench, account, false).await?;
     auth::mint_hs256(&client_id, &secret, Some(86_400))
 }
 
