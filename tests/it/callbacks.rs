@@ -218,6 +218,36 @@ async fn seeded(env: &TestEnv, account: &str, user: &str, rows: i64) -> String {
     bots[0].clone()
 }
 
+/// What most tests start with: a receiver, an environment whose callbacks may reach it, a
+/// user with `rows` rows per store in a bot of `account`, and an app whose webhook secret the
+/// receiver verifies with.
+struct Told {
+    receiver: Receiver,
+    addr: SocketAddr,
+    env: TestEnv,
+    bot: String,
+    client_id: String,
+    token: String,
+    secret: String,
+}
+
+async fn told(account: &str, user: &str, rows: i64) -> Told {
+    let (receiver, addr) = Receiver::start().await;
+    let env = env_for(addr, &[]).await;
+    let bot = seeded(&env, account, user, rows).await;
+    let (client_id, _, token, secret) = app(&env, account, false).await;
+    receiver.verify_with(&secret);
+    Told {
+        receiver,
+        addr,
+        env,
+        bot,
+        client_id,
+        token,
+        secret,
+    }
+}
+
 async fn erase(api: &Api, token: &str, user: &str, bot: &str, url: Option<&str>) -> String {
     let mut body = json!({"userIds": [user], "botIds": [bot]});
     if let Some(url) = url {
@@ -246,11 +276,15 @@ async fn wait_callback(api: &Api, token: &str, id: &str, state: &str) -> Value {
 
 #[tokio::test]
 async fn a_settled_request_is_told_once_signed_and_without_identifiers() {
-    let (receiver, addr) = Receiver::start().await;
-    let env = env_for(addr, &[]).await;
-    let bot = seeded(&env, "acct-cb", "u-cb-1", 5).await;
-    let (client_id, _, token, secret) = app(&env, "acct-cb", false).await;
-    receiver.verify_with(&secret);
+    let Told {
+        receiver,
+        addr,
+        env,
+        bot,
+        client_id,
+        token,
+        secret,
+    } = told("acct-cb", "u-cb-1", 5).await;
     let svc: Running = env.start(Role::All).await;
     let api = Api::new(&svc);
     let url = format!("http://{addr}/done");
@@ -312,14 +346,17 @@ async fn a_settled_request_is_told_once_signed_and_without_identifiers() {
 
 #[tokio::test]
 async fn a_failing_receiver_is_retried_on_schedule_410_stops_and_the_schedule_ends() {
-    let (receiver, addr) = Receiver::start().await;
+    let Told {
+        receiver,
+        addr,
+        env,
+        bot,
+        token,
+        ..
+    } = told("acct-retry", "u-r-1", 3).await;
     receiver.script("flaky", &[500, 200], Duration::ZERO);
     receiver.script("gone", &[410], Duration::ZERO);
     receiver.script("down", &[503], Duration::ZERO);
-    let env = env_for(addr, &[]).await;
-    let bot = seeded(&env, "acct-retry", "u-r-1", 3).await;
-    let (_, _, token, secret) = app(&env, "acct-retry", false).await;
-    receiver.verify_with(&secret);
     let svc = env.start(Role::All).await;
     let api = Api::new(&svc);
     let flaky = erase(
@@ -388,12 +425,15 @@ async fn a_failing_receiver_is_retried_on_schedule_410_stops_and_the_schedule_en
 
 #[tokio::test]
 async fn a_receiver_slower_than_the_timeout_is_retried() {
-    let (receiver, addr) = Receiver::start().await;
+    let Told {
+        receiver,
+        addr,
+        env,
+        bot,
+        token,
+        ..
+    } = told("acct-slow", "u-s-1", 2).await;
     receiver.script("slow", &[200], Duration::from_secs(20));
-    let env = env_for(addr, &[]).await;
-    let bot = seeded(&env, "acct-slow", "u-s-1", 2).await;
-    let (_, _, token, secret) = app(&env, "acct-slow", false).await;
-    receiver.verify_with(&secret);
     let svc = env.start(Role::All).await;
     let api = Api::new(&svc);
     let id = erase(
@@ -419,13 +459,16 @@ async fn a_receiver_slower_than_the_timeout_is_retried() {
 
 #[tokio::test]
 async fn a_worker_killed_before_delivering_delivers_after_restart() {
-    let (receiver, addr) = Receiver::start().await;
+    let Told {
+        receiver,
+        addr,
+        env,
+        bot,
+        token,
+        ..
+    } = told("acct-crash", "u-k-1", 2).await;
     // The first attempt hangs: the worker is killed in the middle of it, nothing delivered.
     receiver.script("crash", &[200], Duration::from_secs(60));
-    let env = env_for(addr, &[]).await;
-    let bot = seeded(&env, "acct-crash", "u-k-1", 2).await;
-    let (_, _, token, secret) = app(&env, "acct-crash", false).await;
-    receiver.verify_with(&secret);
     let intake = env.start(Role::Intake).await;
     let api = Api::new(&intake);
     let worker = Process::spawn(&env, "worker", &[]).await;
