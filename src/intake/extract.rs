@@ -19,12 +19,17 @@ impl FromRequestParts<IntakeState> for Authenticated {
         let token = auth::token_from_headers(&parts.headers)?;
         let app =
             auth::authenticate(&state.pool, &state.config.keys.secret_key.bytes, token).await?;
-        state
-            .rate
-            .check(&app.client_id)
-            .map_err(|retry_after| IntakeError::RateLimited { retry_after })?;
+        within_rate(state, &app)?;
         Ok(Self(app))
     }
+}
+
+/// Refuses the call once its app is over its rate limit.
+fn within_rate(state: &IntakeState, app: &App) -> Result<(), IntakeError> {
+    state
+        .rate
+        .check(&app.client_id)
+        .map_err(|retry_after| IntakeError::RateLimited { retry_after })
 }
 
 /// The app whose token signed an erase call, within its rate limit, and the id of its
@@ -41,10 +46,7 @@ impl FromRequestParts<IntakeState> for AuthenticatedOnce {
         let token = auth::token_from_headers(&parts.headers)?;
         let (app, jti) =
             auth::verify(&state.pool, &state.config.keys.secret_key.bytes, token).await?;
-        state
-            .rate
-            .check(&app.client_id)
-            .map_err(|retry_after| IntakeError::RateLimited { retry_after })?;
+        within_rate(state, &app)?;
         Ok(Self(app, jti))
     }
 }

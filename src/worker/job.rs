@@ -238,7 +238,7 @@ impl<J: Job> Runner<J> {
         // not for the broker's every return (queue::redelivery).
         let max = self.ctx.config.queue.max_deliveries;
         let unsettled = redelivery::unsettled_before(props);
-        let span = self.job.span(&msg);
+        // The span is made only off the hot path: a delivery to execute is logged in it later.
         let outcome = match redelivery::verdict(
             &self.ctx.pool,
             self.ctx.retry_budget(),
@@ -258,24 +258,28 @@ impl<J: Job> Runner<J> {
                 );
                 let outcome = self
                     .dead_letter(self.job.subject(&msg), &reason, data)
-                    .instrument(span)
+                    .instrument(self.job.span(&msg))
                     .await;
                 redelivery::forget(&self.ctx.pool, self.ctx.retry_budget(), props, data).await;
                 outcome
             }
             Ok(Verdict::Republish { .. }) => {
-                span.in_scope(|| {
+                async {
                     tracing::info!(unsettled, "redelivered without crashes; republishing it");
-                });
-                self.put_back(&queue::message_id(props), data, unsettled, None)
-                    .await
+                    self.put_back(&queue::message_id(props), data, unsettled, None)
+                        .await
+                }
+                .instrument(self.job.span(&msg))
+                .await
             }
             Err(e) => {
-                span.in_scope(|| {
+                async {
                     tracing::warn!(error = %e.describe(), "interrupted; handing the message back");
-                });
-                self.put_back(&queue::message_id(props), data, unsettled, None)
-                    .await
+                    self.put_back(&queue::message_id(props), data, unsettled, None)
+                        .await
+                }
+                .instrument(self.job.span(&msg))
+                .await
             }
         };
         Err(outcome)
