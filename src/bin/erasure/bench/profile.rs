@@ -1,6 +1,9 @@
 //! Where the time goes: CPU seconds of the service's processes and of the PostgreSQL backends
 //! serving the bench database (from `/proc/<pid>/stat`), and, with `--profile`, every
-//! statement the bench database ran, read back from the server's log.
+//! statement the bench database ran, read back from the server's log: its server time
+//! (`log_min_duration_statement`) and the CPU its backend spent on it (`log_statement_stats`,
+//! the backend's own `getrusage` around each protocol message: parse, bind, execute), so that
+//! a statement that waited on a lock or for a core is told from one that worked.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -77,19 +80,22 @@ impl Cpu {
     }
 }
 
-/// Sets the bench database to log every statement with its duration (`--profile`): done when
-/// the database is created, so that every session the service opens logs.
+/// Sets the bench database to log every statement with its duration and its CPU
+/// (`--profile`): done when the database is created, so that every session the service opens
+/// logs.
 pub async fn log_every_statement(pool: &PgPool) -> anyhow::Result<()> {
     let database: String = sqlx::query_scalar("SELECT current_database()")
         .fetch_one(pool)
         .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "ALTER DATABASE \"{}\" SET log_min_duration_statement = 0",
-        database.replace('"', "\"\"")
-    )))
-    .execute(pool)
-    .await
-    .context("--profile needs a superuser to set log_min_duration_statement")?;
+    let database = database.replace('"', "\"\"");
+    for setting in ["log_min_duration_statement = 0", "log_statement_stats = on"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE \"{database}\" SET {setting}"
+        )))
+        .execute(pool)
+        .await
+        .with_context(|| format!("--profile needs a superuser to set {setting}"))?;
+    }
     Ok(())
 }
 
@@ -124,24 +130,7 @@ impl Statements {
         file.seek(SeekFrom::Start(self.offset))?;
         let mut text = String::new();
         file.read_to_string(&mut text)?;
-        let marker = format!("@{} LOG:  duration: ", self.database);
-        let mut kinds: BTreeMap<String, Kind> = BTreeMap::new();
-        for line in text.lines() {
-            let Some((_, rest)) = line.split_once(&marker) else {
-                continue;
-            };
-            let Some((ms, what)) = rest.split_once(" ms  ") else {
-                continue;
-            };
-            let Ok(ms) = ms.parse::<f64>() else { continue };
-            let (phase, sql) = what.split_once(": ").unwrap_or((what, ""));
-            let kind = kinds.entry(normalize(sql)).or_default();
-            kind.ms += ms;
-            // A statement runs once per `execute` (extended protocol) or `statement` (simple).
-            if phase.starts_with("execute") || phase.starts_with("statement") {
-                kind.count += 1;
-            }
-        }
+        let kinds = read_log(&text, &self.database);
         if kinds.is_empty() {
             bail!(
                 "no statement of {} in {}",
@@ -171,6 +160,67 @@ async fn server_log(pool: &PgPool) -> anyhow::Result<PathBuf> {
     .into())
 }
 
+/// Each kind of statement of `database` in a stretch of the server's log: how often it ran,
+/// its server time, and the CPU its backends spent on its messages.
+///
+/// With the log line prefix `%m [%p] %q%u@%d ` (Debian's), a backend logs a message's
+/// duration line and then, on the lines that follow, its usage statistics (`! <user> s user,
+/// <system> s system, …`); both are matched by the backend's process id, the CPU going to the
+/// statement that backend logged last.
+fn read_log(text: &str, database: &str) -> BTreeMap<String, Kind> {
+    let marker = format!("@{database} LOG:  ");
+    let mut kinds: BTreeMap<String, Kind> = BTreeMap::new();
+    // Per backend: the kind it logged last, and whether its statistics come next.
+    let mut last: HashMap<&str, (String, bool)> = HashMap::new();
+    let mut current: Option<&str> = None;
+    for line in text.lines() {
+        if let Some((head, rest)) = line.split_once(&marker) {
+            let pid = head.split_once(" [").and_then(|(_, p)| p.split_once(']'));
+            current = pid.map(|(p, _)| p);
+            let Some(pid) = current else { continue };
+            if let Some(duration) = rest.strip_prefix("duration: ") {
+                let Some((ms, what)) = duration.split_once(" ms  ") else {
+                    continue;
+                };
+                let Ok(ms) = ms.parse::<f64>() else { continue };
+                let (phase, sql) = what.split_once(": ").unwrap_or((what, ""));
+                let key = normalize(sql);
+                let kind = kinds.entry(key.clone()).or_default();
+                kind.ms += ms;
+                // A statement runs once per `execute` (extended protocol) or `statement`
+                // (simple).
+                if phase.starts_with("execute") || phase.starts_with("statement") {
+                    kind.count += 1;
+                }
+                last.insert(pid, (key, false));
+            } else if rest.ends_with("STATISTICS") {
+                if let Some(entry) = last.get_mut(pid) {
+                    entry.1 = true;
+                }
+            }
+            continue;
+        }
+        // A continuation line of the entry above it.
+        let Some(pid) = current else { continue };
+        let Some(seconds) = usage_seconds(line) else {
+            continue;
+        };
+        if let Some((key, true)) = last.get(pid) {
+            kinds.entry(key.clone()).or_default().cpu_ms += seconds * 1000.0;
+            last.insert(pid, (key.clone(), false));
+        }
+    }
+    kinds
+}
+
+/// The user and system seconds of a usage line: `!\t0.000040 s user, 0.000003 s system, …`.
+fn usage_seconds(line: &str) -> Option<f64> {
+    let rest = line.trim_start().strip_prefix('!')?.trim_start();
+    let (user, rest) = rest.split_once(" s user, ")?;
+    let (system, _) = rest.split_once(" s system")?;
+    Some(user.trim().parse::<f64>().ok()? + system.trim().parse::<f64>().ok()?)
+}
+
 /// The first words of a statement, whitespace folded: its kind.
 fn normalize(sql: &str) -> String {
     let folded: Vec<&str> = sql.split_whitespace().collect();
@@ -182,6 +232,8 @@ fn normalize(sql: &str) -> String {
 struct Kind {
     count: u64,
     ms: f64,
+    /// CPU of its backends (user and system), when the log has it.
+    cpu_ms: f64,
 }
 
 /// What each kind of statement cost, per request.
@@ -198,32 +250,72 @@ impl Profile {
     pub fn per_request_ms(&self) -> f64 {
         self.kinds.values().map(|k| k.ms).sum::<f64>() / self.requests as f64
     }
+
+    pub fn per_request_cpu_ms(&self) -> f64 {
+        self.kinds.values().map(|k| k.cpu_ms).sum::<f64>() / self.requests as f64
+    }
 }
 
 impl fmt::Display for Profile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.requests as f64;
         let mut kinds: Vec<(&String, &Kind)> = self.kinds.iter().collect();
-        kinds.sort_by(|a, b| b.1.ms.total_cmp(&a.1.ms));
+        kinds.sort_by(|a, b| b.1.cpu_ms.total_cmp(&a.1.cpu_ms));
         writeln!(
             f,
-            "{:>9} {:>9} {:>9}  statement (server time, per request, over {} requests)",
-            "count/req", "ms/req", "ms each", self.requests
+            "{:>9} {:>9} {:>9} {:>9}  statement (server time and backend CPU, per request, over {} requests)",
+            "count/req", "ms/req", "ms each", "cpu ms/req", self.requests
         )?;
         for (sql, k) in kinds.iter().take(30) {
             writeln!(
                 f,
-                "{:>9.2} {:>9.3} {:>9.3}  {sql}",
+                "{:>9.2} {:>9.3} {:>9.3} {:>10.3}  {sql}",
                 k.count as f64 / n,
                 k.ms / n,
-                k.ms / (k.count.max(1) as f64)
+                k.ms / (k.count.max(1) as f64),
+                k.cpu_ms / n
             )?;
         }
         write!(
             f,
-            "{:>9.2} {:>9.3}            in all",
+            "{:>9.2} {:>9.3} {:>9} {:>10.3}  in all",
             self.per_request_count(),
-            self.per_request_ms()
+            self.per_request_ms(),
+            "",
+            self.per_request_cpu_ms()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_statements_cpu_is_the_statistics_its_backend_logs_after_it() {
+        let log = "\
+2026-12-01 19:16:12.001 UTC [101] postgres@bench LOG:  duration: 0.500 ms  execute s1: SELECT 1
+2026-12-01 19:16:12.002 UTC [202] postgres@bench LOG:  duration: 2.000 ms  execute s2: DELETE FROM t
+2026-12-01 19:16:12.003 UTC [101] postgres@bench LOG:  EXECUTE MESSAGE STATISTICS
+2026-12-01 19:16:12.003 UTC [101] postgres@bench DETAIL:  ! system usage stats:
+\t!\t0.000300 s user, 0.000100 s system, 0.000500 s elapsed
+\t!\t[0.010000 s user, 0.000000 s system total]
+2026-12-01 19:16:12.004 UTC [202] postgres@bench LOG:  EXECUTE MESSAGE STATISTICS
+2026-12-01 19:16:12.004 UTC [202] postgres@bench DETAIL:  ! system usage stats:
+\t!\t0.001500 s user, 0.000000 s system, 0.002000 s elapsed
+2026-12-01 19:16:12.005 UTC [303] postgres@other LOG:  duration: 9.000 ms  execute s3: SELECT 2
+2026-12-01 19:16:12.006 UTC [101] postgres@bench LOG:  duration: 0.100 ms  execute s1: SELECT 1
+";
+        let kinds = read_log(log, "bench");
+        assert_eq!(kinds.len(), 2, "the other database's statement is not read");
+        let select = &kinds["SELECT 1"];
+        assert_eq!(select.count, 2);
+        assert!((select.ms - 0.6).abs() < 1e-9);
+        assert!(
+            (select.cpu_ms - 0.4).abs() < 1e-9,
+            "the running total line is not counted: {}",
+            select.cpu_ms
+        );
+        assert!((kinds["DELETE FROM t"].cpu_ms - 1.5).abs() < 1e-9);
     }
 }

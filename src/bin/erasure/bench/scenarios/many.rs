@@ -63,6 +63,7 @@ pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()>
         println!("{report}");
         figures.set("many_statements_per_request", report.per_request_count());
         figures.set("many_db_ms_per_request", report.per_request_ms());
+        figures.set("many_db_cpu_ms_per_request", report.per_request_cpu_ms());
     }
     workers.stop().await;
 
