@@ -106,7 +106,20 @@ struct Work<'a> {
     step: Option<Result<Step, JobError>>,
 }
 
-impl Work<'_> {
+impl<'a> Work<'a> {
+    /// A message's share before its tasks are loaded: its bots, nothing erased yet.
+    fn new(msg: &'a TaskMessage) -> Self {
+        Work {
+            msg,
+            started: chrono::Utc::now(),
+            bots: msg.bots(),
+            users: Vec::new(),
+            erased: 0,
+            drained: true,
+            step: None,
+        }
+    }
+
     fn target(&self) -> erase::Target<'_> {
         erase::Target {
             while_status: crate::domain::RequestStatus::InProgress,
@@ -135,18 +148,7 @@ pub async fn run_group(
     msgs: &[&TaskMessage],
     stop: &CancellationToken,
 ) -> Vec<Result<Step, JobError>> {
-    let mut works: Vec<Work<'_>> = msgs
-        .iter()
-        .map(|msg| Work {
-            msg,
-            started: chrono::Utc::now(),
-            bots: msg.bots(),
-            users: Vec::new(),
-            erased: 0,
-            drained: true,
-            step: None,
-        })
-        .collect();
+    let mut works: Vec<Work<'_>> = msgs.iter().map(|msg| Work::new(msg)).collect();
     if let Err(e) = work_slice(ctx, &mut works, stop).await {
         for w in works.iter_mut().filter(|w| w.active()) {
             w.step = Some(Err(e.clone()));
@@ -216,12 +218,15 @@ async fn load(ctx: &Ctx, works: &mut [Work<'_>]) -> Result<(), JobError> {
             w.step = Some(Err(JobError::UnknownTask));
             continue;
         };
-        w.bots = group
-            .tasks
-            .iter()
-            .filter(|t| t.status.is_open() && t.slice <= w.msg.slice)
-            .map(|t| t.bot_id.clone())
-            .collect();
+        // In the message's order (the tasks come in whatever order the join produced), so
+        // that messages of the same bots are grouped together.
+        let open = |b: &BotId| {
+            group
+                .tasks
+                .iter()
+                .any(|t| t.bot_id == *b && t.status.is_open() && t.slice <= w.msg.slice)
+        };
+        w.bots.retain(open);
         w.users = group.erase_user_ids;
         if w.bots.is_empty() {
             let done = group.tasks.iter().all(|t| !t.status.is_open());
@@ -299,11 +304,13 @@ async fn erase_root(
     Ok(out)
 }
 
-/// The active works grouped by their bots (indices into `active`), each group in order.
+/// The active works grouped by their bots, in whatever order they list them (indices into
+/// `active`), each group in order.
 fn by_bots(works: &[Work<'_>], active: &[usize]) -> Vec<Vec<usize>> {
-    let mut groups: Vec<(&[BotId], Vec<usize>)> = Vec::new();
+    let mut groups: Vec<(Vec<&BotId>, Vec<usize>)> = Vec::new();
     for (k, &i) in active.iter().enumerate() {
-        let bots = works[i].bots.as_slice();
+        let mut bots: Vec<&BotId> = works[i].bots.iter().collect();
+        bots.sort_unstable();
         match groups.iter_mut().find(|(b, _)| *b == bots) {
             Some((_, members)) => members.push(k),
             None => groups.push((bots, vec![k])),
@@ -472,6 +479,25 @@ mod tests {
 
     fn bots(n: usize) -> Vec<BotId> {
         (1..=n).map(|i| BotId::new(format!("b-{i}"))).collect()
+    }
+
+    #[test]
+    fn messages_of_the_same_bots_in_another_order_are_worked_together() {
+        let id = RequestId::parse("eud-1").unwrap();
+        let mut reversed = bots(3);
+        reversed.reverse();
+        let messages = [
+            TaskMessage::for_bots(&id, &bots(3), 3, 0).remove(0),
+            TaskMessage::for_bots(&id, &bots(2), 3, 0).remove(0),
+            TaskMessage::for_bots(&id, &reversed, 3, 0).remove(0),
+        ];
+        let works: Vec<Work<'_>> = messages.iter().map(Work::new).collect();
+        assert_eq!(by_bots(&works, &[0, 1, 2]), [vec![0, 2], vec![1]]);
+        assert_eq!(
+            by_bots(&works, &[1, 2]),
+            [vec![0], vec![1]],
+            "indices into active"
+        );
     }
 
     #[test]
