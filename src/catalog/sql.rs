@@ -61,14 +61,10 @@ pub struct LeafSql {
     /// heap pages the others visited; for 500 users over 20 bots that was 2-3x the database
     /// work of one statement for all of them.
     pub batch: Statement,
-    /// The rows per bot, counted up to one more than $3 through the (user, bot) index (an
-    /// index-only scan where the visibility map allows).
+    /// The rows per user and bot, counted up to one more than $3 through the (user, bot)
+    /// index (an index-only scan where the visibility map allows): with [`Self::delete_all`]
+    /// in the same snapshot, plain SQL's way for one request or several worked together.
     pub count: Statement,
-    /// Several requests' rows in one statement, when they all fit in one batch: picks up to
-    /// one more than $3 row addresses, deletes them only if they are no more than $3, and
-    /// returns whether they were, and the rows per request and bot, each row the request's
-    /// that `$4` (users) and `$5` (their requests) give its user to.
-    pub together: Statement,
     /// Every row: plain SQL's one pass.
     pub delete_all: Statement,
 }
@@ -117,20 +113,9 @@ pub fn root(catalog: &Catalog, root: usize) -> RootSql {
                         COALESCE(cardinality((SELECT ids FROM c)), 0) < $3"
             )),
             count: vouch(format!(
-                "SELECT bot, count(*) FROM (SELECT {b}::text AS bot FROM {t} WHERE {keys} LIMIT $3 + 1) x
-                  GROUP BY bot"
-            )),
-            together: vouch(format!(
-                "WITH c AS (SELECT ARRAY(SELECT ctid FROM {t} WHERE {keys} LIMIT $3 + 1) AS ids),
-                      fits AS (SELECT COALESCE(cardinality(ids), 0) <= $3 AS ok FROM c),
-                      d AS (DELETE FROM {t} WHERE ctid = ANY((SELECT ids FROM c)::tid[]) AND {keys}
-                                AND (SELECT ok FROM fits)
-                            RETURNING {u}::text AS usr, {b}::text AS bot),
-                      per AS (SELECT o.request_id, d.bot, count(*) AS n
-                                FROM d JOIN unnest($4::text[], $5::text[]) AS o(usr, request_id) USING (usr)
-                               GROUP BY o.request_id, d.bot)
-                 SELECT (SELECT ok FROM fits), ARRAY(SELECT request_id FROM per),
-                        ARRAY(SELECT bot FROM per), ARRAY(SELECT n FROM per)"
+                "SELECT usr, bot, count(*)
+                   FROM (SELECT {u}::text AS usr, {b}::text AS bot FROM {t} WHERE {keys} LIMIT $3 + 1) x
+                  GROUP BY usr, bot"
             )),
             delete_all: vouch(format!("DELETE FROM {t} WHERE {keys}")),
         });

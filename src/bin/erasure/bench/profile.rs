@@ -193,10 +193,10 @@ fn read_log(text: &str, database: &str) -> BTreeMap<String, Kind> {
                     kind.count += 1;
                 }
                 last.insert(pid, (key, false));
-            } else if rest.ends_with("STATISTICS") {
-                if let Some(entry) = last.get_mut(pid) {
-                    entry.1 = true;
-                }
+            } else if rest.ends_with("STATISTICS")
+                && let Some(entry) = last.get_mut(pid)
+            {
+                entry.1 = true;
             }
             continue;
         }
