@@ -12,7 +12,8 @@
 //! two servers; session settings do not follow the client. So in that mode, and only then:
 //! - every statement is unnamed (`persistent(false)`);
 //! - a statement run on a pool runs in a transaction of its own ([`on`]);
-//! - every transaction sets its `statement_timeout` with `SET LOCAL` when it opens.
+//! - every transaction sets its `statement_timeout` (and turns JIT off, see
+//!   [`super::connect`]) with `SET LOCAL` when it opens.
 //!
 //! Directly on PostgreSQL (the default) nothing changes: statements are named and cached per
 //! connection, [`on`] hands the statement to the pool, transactions open as before. The mode
@@ -49,7 +50,7 @@ pub fn use_transaction_pooler(statement_timeout: Duration) {
         // SET takes no bound parameter, and a `set_config($1)` would cost a round trip per
         // transaction.
         let timeout = format!(
-            "SET LOCAL statement_timeout = {}",
+            "SET LOCAL statement_timeout = {}; SET LOCAL jit = off",
             statement_timeout.as_millis()
         );
         let relaxed = "SET LOCAL synchronous_commit = off";

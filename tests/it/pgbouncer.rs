@@ -937,6 +937,11 @@ async fn store_sql_child() {
         .await
         .unwrap();
     assert_eq!(timeout, "300ms");
+    let jit: String = sql::query_scalar("SHOW jit")
+        .fetch_one(sql::on(&pool))
+        .await
+        .unwrap();
+    assert_eq!(jit, "off", "no statement of the service is JIT-compiled");
     // A statement that sleeps longer than the timeout is cancelled, on a pool or in a
     // transaction of each kind.
     let started = Instant::now();
@@ -1249,4 +1254,9 @@ async fn directly_on_postgresql_statements_stay_named_and_cached() {
         .await
         .unwrap();
     assert_eq!(timeout, "7s");
+    let jit: String = sql::query_scalar("SHOW jit")
+        .fetch_one(sql::on(&pool))
+        .await
+        .unwrap();
+    assert_eq!(jit, "off", "no statement of the service is JIT-compiled");
 }
