@@ -69,8 +69,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 8)]
     pub many_concurrency: usize,
     /// Logs every statement of the bench database and prints, from PostgreSQL's log, what
-    /// each kind cost per request of the many scenario (run it with --scenarios many; the
-    /// log is /var/log/postgresql/postgresql-<major>-main.log, or ERASURE_BENCH_PG_LOG).
+    /// each kind cost per request of the many scenario and for the bulk scenario's request
+    /// (run it with --scenarios many, bulk or both; the log is
+    /// /var/log/postgresql/postgresql-<major>-main.log, or ERASURE_BENCH_PG_LOG).
     #[arg(long)]
     pub profile: bool,
     /// Users erased by the child scenario's request (from all its bots).
@@ -212,8 +213,8 @@ fn validate(opts: &Options) -> anyhow::Result<()> {
     if has(Scenario::Many) && opts.many_concurrency == 0 {
         bail!("--many-concurrency must be at least 1");
     }
-    if opts.profile && !has(Scenario::Many) {
-        bail!("--profile profiles the many scenario: add it to --scenarios");
+    if opts.profile && !has(Scenario::Many) && !has(Scenario::Bulk) {
+        bail!("--profile profiles the many and bulk scenarios: add one to --scenarios");
     }
     if (has(Scenario::Small) || has(Scenario::Jti)) && opts.small_concurrency == 0 {
         bail!("--small-concurrency must be at least 1");
