@@ -786,3 +786,66 @@ async fn a_request_rejected_at_planning_is_told_too() {
     wait_callback(&api, &token, &id, "delivered").await;
     svc.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_failed_request_is_told_and_told_again_when_redriven_it_completes() {
+    let Told {
+        receiver,
+        addr,
+        env,
+        bot,
+        token,
+        ..
+    } = told("acct-cbf", "u-cbf-1", 3).await;
+    // The platform refuses the deletes (a trigger raising with the row's user, which must not
+    // reach the callback): the task fails for good and the request with it.
+    sqlx::raw_sql(
+        "CREATE FUNCTION platform.refuse() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'refusing to delete a row of %', OLD.user_id; END $$;
+         CREATE TRIGGER refuse BEFORE DELETE ON platform.conversations
+           FOR EACH ROW EXECUTE FUNCTION platform.refuse();",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let svc = env.start(Role::All).await;
+    let api = Api::new(&svc);
+    let url = format!("http://{addr}/told");
+    let id = erase(&api, &token, "u-cbf-1", &bot, Some(&url)).await;
+    let got = receiver.wait_for("told", 1, Duration::from_secs(60)).await;
+    assert!(got[0].verified, "{got:?}");
+    let body = &got[0].body;
+    assert_eq!(body["type"], "erasure.request.failed", "{body}");
+    assert_eq!(body["data"]["requestId"], id.as_str());
+    assert_eq!(body["data"]["status"], "failed");
+    assert_eq!(body["data"]["usersTotal"], 1);
+    assert_eq!(body["data"]["usersErased"], 0);
+    assert!(!body.to_string().contains("u-cbf-1"), "{body}");
+    wait_callback(&api, &token, &id, "delivered").await;
+
+    // Fixed and redriven, it settles again: a second event, with its own webhook id.
+    sqlx::raw_sql("DROP TRIGGER refuse ON platform.conversations")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while env.queue_depth(&env.topology().dead_queue()).await < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the task message is dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let moved = erasure::queue::redrive::redrive(&env.pool, env.brokers(), &env.topology(), 10)
+        .await
+        .unwrap();
+    assert_eq!(moved, 1);
+    let got = receiver.wait_for("told", 2, Duration::from_secs(60)).await;
+    assert!(got[1].verified, "{got:?}");
+    assert_eq!(got[1].body["type"], "erasure.request.completed");
+    assert_eq!(got[1].body["data"]["usersErased"], 1);
+    assert_eq!(got[1].body["data"]["rowsDeleted"]["conversations"], 3);
+    assert_ne!(got[0].id, got[1].id, "one webhook id per event");
+    assert_eq!(env.count_rows("u-cbf-1", &bot).await, 0);
+    svc.shutdown().await;
+}

@@ -172,3 +172,109 @@ async fn requests_list_against_a_missing_database_fails_and_creates_none() {
     );
     assert!(!created, "a read-only command created the database");
 }
+
+#[tokio::test]
+async fn cancel_and_webhook_secret_rotation_work_from_the_command_line() {
+    let env = TestEnv::new().await;
+    stdout(
+        &erasure(
+            &env,
+            &["seed", "--users", "5", "--bots", "1", "--rows", "60"],
+            &[],
+        )
+        .await,
+    );
+    let created = stdout(&erasure(&env, &["app", "create", "--account", "acct-demo"], &[]).await);
+    let app: Value = serde_json::from_str(created.trim()).unwrap();
+    let client_id = app["clientId"].as_str().unwrap();
+    let first = app["webhookSecret"].as_str().unwrap();
+
+    // Rotation prints the new secret once; both sign for the next 24 hours, the new first.
+    let rotated = stdout(&erasure(&env, &["app", "rotate-webhook-secret", client_id], &[]).await);
+    let rotated: Value = serde_json::from_str(rotated.trim()).unwrap();
+    assert_eq!(rotated["clientId"], client_id);
+    let second = rotated["webhookSecret"].as_str().unwrap();
+    assert!(second.starts_with("whsec_") && second != first, "{rotated}");
+    let key = env.config().keys.secret_key.bytes;
+    let signing: Vec<String> = erasure::store::apps::webhook_secrets(&env.pool, client_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|sealed| String::from_utf8(erasure::secrets::open(&key, sealed).unwrap()).unwrap())
+        .collect();
+    assert_eq!(signing, [second, first]);
+    let unknown = erasure(&env, &["app", "rotate-webhook-secret", "cs-nobody"], &[]).await;
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no app cs-nobody"),
+        "{unknown:?}"
+    );
+
+    // Cancel: with no worker running, the request is still in progress.
+    let token = stdout(
+        &erasure(
+            &env,
+            &[
+                "token",
+                "--client-id",
+                client_id,
+                "--secret",
+                app["clientSecret"].as_str().unwrap(),
+            ],
+            &[],
+        )
+        .await,
+    );
+    let token = token.trim();
+    let intake = env.start(Role::Intake).await;
+    let url = format!("http://{}", intake.http_addr);
+    let (status, answer) = crate::helpers::Api::new(&intake)
+        .erase(
+            token,
+            &serde_json::json!({"userIds": ["u-demo-2"], "botIds": ["st-demo-1"]}),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["requestId"].as_str().unwrap();
+    for _ in 0..2 {
+        let out = stdout(
+            &erasure(
+                &env,
+                &["cancel", id, "--url", &url],
+                &[("ERASURE_TOKEN", token)],
+            )
+            .await,
+        );
+        let doc: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(doc["requestId"], id);
+        assert_eq!(doc["status"], "cancelled", "twice: {doc}");
+    }
+    let unknown = format!("eud-{}", uuid::Uuid::new_v4());
+    let out = erasure(
+        &env,
+        &["cancel", &unknown, "--url", &url],
+        &[("ERASURE_TOKEN", token)],
+    )
+    .await;
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404"),
+        "{out:?}"
+    );
+    let out = erasure(
+        &env,
+        &["cancel", "not-an-id", "--url", &url],
+        &[("ERASURE_TOKEN", token)],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("eud-"),
+        "{out:?}"
+    );
+    assert!(
+        env.count_rows("u-demo-2", "st-demo-1").await > 0,
+        "a cancelled request erased nothing: no worker ran"
+    );
+    intake.shutdown().await;
+}
