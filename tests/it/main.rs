@@ -5,6 +5,7 @@ mod helpers;
 
 mod bench_smoke;
 mod callbacks;
+mod cancel;
 mod catalog;
 mod cli;
 mod cluster;
