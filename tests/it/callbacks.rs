@@ -29,7 +29,7 @@ use erasure::{
 use serde_json::{Value, json};
 
 use crate::{
-    helpers::{Api, TestEnv},
+    helpers::{Api, TestEnv, eventually},
     process::Process,
 };
 
@@ -106,19 +106,16 @@ impl Receiver {
     }
 
     async fn wait_for(&self, path: &str, n: usize, timeout: Duration) -> Vec<Received> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let got = self.got(path);
-            if got.len() >= n {
-                return got;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{path}: {} of {n} callbacks within {timeout:?}",
-                got.len()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(
+            timeout,
+            Duration::from_millis(50),
+            async || Some(self.got(path)).filter(|got| got.len() >= n),
+            || {
+                let got = self.got(path).len();
+                format!("{path}: {got} of {n} callbacks within {timeout:?}")
+            },
+        )
+        .await
     }
 }
 
@@ -260,18 +257,16 @@ async fn erase(api: &Api, token: &str, user: &str, bot: &str, url: Option<&str>)
 
 /// The request's `callback` object, once its state is `state`.
 async fn wait_callback(api: &Api, token: &str, id: &str, state: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, doc) = api.status(token, id).await;
-        if doc["callback"]["state"] == state {
-            return doc["callback"].clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "callback of {id} is not {state}: {doc}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        async || {
+            let (_, doc) = api.status(token, id).await;
+            (doc["callback"]["state"] == state).then(|| doc["callback"].clone())
+        },
+        || format!("callback of {id} is not {state}"),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -828,23 +823,17 @@ async fn a_failed_request_is_told_and_told_again_when_redriven_it_completes() {
         .execute(&env.pool)
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while env.queue_depth(&env.topology().dead_queue()).await < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the task message is dead-lettered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    env.wait_dead_letters(1).await;
     let moved = erasure::queue::redrive::redrive(&env.pool, env.brokers(), &env.topology(), 10)
         .await
         .unwrap();
     assert_eq!(moved, 1);
     let got = receiver.wait_for("told", 2, Duration::from_secs(60)).await;
     assert!(got[1].verified, "{got:?}");
-    assert_eq!(got[1].body["type"], "erasure.request.completed");
-    assert_eq!(got[1].body["data"]["usersErased"], 1);
-    assert_eq!(got[1].body["data"]["rowsDeleted"]["conversations"], 3);
+    let body = &got[1].body;
+    assert_eq!(body["type"], "erasure.request.completed", "{body}");
+    assert_eq!(body["data"]["usersErased"], 1, "{body}");
+    assert_eq!(body["data"]["rowsDeleted"]["conversations"], 3, "{body}");
     assert_ne!(got[0].id, got[1].id, "one webhook id per event");
     assert_eq!(env.count_rows("u-cbf-1", &bot).await, 0);
     svc.shutdown().await;

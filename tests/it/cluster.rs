@@ -21,7 +21,11 @@ use std::{
 
 use chrono::{DateTime, Utc};
 
-use crate::{helpers::Api, load::Load, process::Process};
+use crate::{
+    helpers::{Api, eventually},
+    load::Load,
+    process::Process,
+};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster.sh");
 
@@ -208,22 +212,21 @@ fn assert_consuming_on(worker: &Process, n: u8) {
 /// Waits until a worker's consumers have both attached to a node other than `n` (after
 /// losing it): the process moved on by itself.
 async fn await_consuming_elsewhere(worker: &Process, n: u8) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let elsewhere = brokers_logged(worker, "consuming")
-            .iter()
-            .filter(|b| **b != Cluster::address(n))
-            .count();
-        if elsewhere >= 2 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the worker did not consume from another node:\n{}",
-            worker.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        async || {
+            let on = brokers_logged(worker, "consuming");
+            (on.iter().filter(|b| **b != Cluster::address(n)).count() >= 2).then_some(())
+        },
+        || {
+            format!(
+                "the worker did not consume from another node:\n{}",
+                worker.log_text()
+            )
+        },
+    )
+    .await
 }
 
 /// Counts exact at the instant after a fault: a batch and its count are one statement.
@@ -400,12 +403,11 @@ async fn completed(load: &Load) -> i64 {
 }
 
 async fn await_completed_beyond(load: &Load, before: i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while completed(load).await <= before {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no request completed after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        async || (completed(load).await > before).then_some(()),
+        || "no request completed after the restart".into(),
+    )
+    .await
 }

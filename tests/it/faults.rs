@@ -16,7 +16,7 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use serde_json::json;
 
 use crate::{
-    helpers::{AMQP_URL, Api, TestEnv, publish_raw},
+    helpers::{AMQP_URL, Api, TestEnv, eventually, publish_raw},
     load::Load,
     process::Process,
     proxy::Proxy,
@@ -126,14 +126,13 @@ impl Scenario {
     }
 
     async fn wait_planned(&self, id: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while !self.tasks_planned(id).await {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "request {id} was not planned"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(
+            Duration::from_secs(60),
+            Duration::from_millis(20),
+            async || self.tasks_planned(id).await.then_some(()),
+            || format!("request {id} was not planned"),
+        )
+        .await
     }
 
     /// Mid-work: not settled, some target rows left, and the rows counted are exactly the
@@ -207,21 +206,17 @@ async fn declare_topology(env: &TestEnv) {
 
 /// The next message on `queue` (a requeued one may take a moment to be available again).
 async fn get_one(ch: &lapin::Channel, queue: &str) -> lapin::message::BasicGetMessage {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(m) = ch
-            .basic_get(queue.into(), BasicGetOptions::default())
-            .await
-            .unwrap()
-        {
-            return m;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{queue} stays empty"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        async || {
+            ch.basic_get(queue.into(), BasicGetOptions::default())
+                .await
+                .unwrap()
+        },
+        || format!("{queue} stays empty"),
+    )
+    .await
 }
 
 /// Takes every message off the test's dead-letter queue: (reason header, request id header).
@@ -413,18 +408,22 @@ async fn every_message_delivered_twice_to_two_workers_is_counted_once() {
     };
     // A slice's event is logged when it ends, and A's (paced, over both bots) may still be
     // running when the request completes: B's copies finished the rows.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (on_a, on_b) = (slice0(&a), slice0(&b));
-        if on_b.iter().any(|bot| on_a.contains(bot)) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a task's first slice deleted rows on both workers: {on_a:?} {on_b:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || {
+            let (on_a, on_b) = (slice0(&a), slice0(&b));
+            on_b.iter().any(|bot| on_a.contains(bot)).then_some(())
+        },
+        || {
+            format!(
+                "a task's first slice deleted rows on both workers: {:?} {:?}",
+                slice0(&a),
+                slice0(&b)
+            )
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -465,12 +464,20 @@ async fn poison_messages_are_dead_lettered_with_a_reason_and_the_next_one_is_pro
     s.assert_erased(&valid).await;
 
     // Every poison message is in the dead-letter queue with its reason.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut dead = Vec::new();
-    while dead.len() < poison.len() && tokio::time::Instant::now() < deadline {
-        dead.extend(drain_dead(&s.env).await);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let taken = std::cell::RefCell::new(Vec::new());
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || {
+            let more = drain_dead(&s.env).await;
+            let mut dead = taken.borrow_mut();
+            dead.extend(more);
+            (dead.len() >= poison.len()).then_some(())
+        },
+        || format!("not every poison message was dead-lettered: {taken:?}"),
+    )
+    .await;
+    let dead = taken.into_inner();
     assert_eq!(dead.len(), poison.len(), "{dead:?}");
     for (reason, _) in &dead {
         assert!(reason.as_deref().is_some_and(|r| !r.is_empty()), "{dead:?}");
@@ -547,14 +554,7 @@ async fn a_permanently_failing_task_fails_without_pii_and_completes_after_redriv
     }
     // The task message (one for both bots: they share their statements) is dead-lettered,
     // and both tasks are marked failed.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while s.env.queue_depth(&s.env.topology().dead_queue()).await < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the task message is dead-lettered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    s.env.wait_dead_letters(1).await;
     let failed: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM erasure.tasks WHERE request_id = $1 AND status = 'failed'",
     )
@@ -723,23 +723,25 @@ async fn a_message_that_kills_the_worker_again_and_again_is_dead_lettered() {
     );
     assert_eq!(s.env.rows_deleted(&id).await, deleted, "not worked again");
     // Recorded first, then published to the dead-letter queue.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut dead = Vec::new();
-    while !dead
-        .iter()
-        .any(|(why, rid): &(Option<String>, Option<String>)| {
-            why.as_deref()
-                .is_some_and(|w| w.starts_with("delivered 3 times without being settled"))
-                && rid.as_deref() == Some(id.as_str())
-        })
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the task message is in the dead-letter queue: {dead:?}"
-        );
-        dead.extend(drain_dead(&s.env).await);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let taken = std::cell::RefCell::new(Vec::new());
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || {
+            let more = drain_dead(&s.env).await;
+            let mut dead = taken.borrow_mut();
+            dead.extend(more);
+            dead.iter()
+                .any(|(why, rid)| {
+                    why.as_deref()
+                        .is_some_and(|w| w.starts_with("delivered 3 times without being settled"))
+                        && rid.as_deref() == Some(id.as_str())
+                })
+                .then_some(())
+        },
+        || format!("the task message is not in the dead-letter queue: {taken:?}"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -780,15 +782,13 @@ async fn broker_connections_lost_again_and_again_never_dead_letter_a_healthy_mes
         proxy.restore();
         cuts += 1;
         // Both consumers back, and some work done, before the next cut.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while worker.logged("consuming") < attached + 2 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{}",
-                worker.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            async || (worker.logged("consuming") >= attached + 2).then_some(()),
+            || worker.log_text(),
+        )
+        .await;
     }
     load.assert_erased(&submitted).await;
     intake.shutdown().await;

@@ -18,6 +18,27 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 pub const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// Polls `check` every `every` until it yields a value and returns it; when `within` has
+/// passed first, fails the test with what `failure` says at that moment (a process's log,
+/// say). Every wait of the suite goes through here.
+pub async fn eventually<T>(
+    within: Duration,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+    failure: impl FnOnce() -> String,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{}", failure());
+        }
+        tokio::time::sleep(every).await;
+    }
+}
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 pub struct TestEnv {
@@ -240,19 +261,17 @@ impl TestEnv {
 
     /// Waits until the request leaves `in-progress`; returns its final status.
     pub async fn wait_settled(&self, request_id: &str, timeout: Duration) -> String {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.request_status(request_id).await
-                && s != "in-progress"
-            {
-                return s;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "request {request_id} did not settle within {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(
+            timeout,
+            Duration::from_millis(50),
+            async || {
+                self.request_status(request_id)
+                    .await
+                    .filter(|s| s != "in-progress")
+            },
+            || format!("request {request_id} did not settle within {timeout:?}"),
+        )
+        .await
     }
 
     /// Rows the request has deleted so far (the public view; 0 before it exists).
@@ -267,14 +286,13 @@ impl TestEnv {
 
     /// Waits until the request has deleted at least `rows` rows.
     pub async fn wait_progress(&self, request_id: &str, rows: i64) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while self.rows_deleted(request_id).await < rows {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "request {request_id} did not reach {rows} rows deleted"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(
+            Duration::from_secs(60),
+            Duration::from_millis(20),
+            async || (self.rows_deleted(request_id).await >= rows).then_some(()),
+            || format!("request {request_id} did not reach {rows} rows deleted"),
+        )
+        .await
     }
 
     /// The per-user outcomes from the public view, in order: (user_ref, status, reason).
@@ -286,6 +304,18 @@ impl TestEnv {
         .fetch_all(&self.pool)
         .await
         .unwrap()
+    }
+
+    /// Waits (up to 30 s) until this test's dead-letter queue holds at least `n` messages.
+    pub async fn wait_dead_letters(&self, n: u32) {
+        let dead = self.topology().dead_queue();
+        eventually(
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            async || (self.queue_depth(&dead).await >= n).then_some(()),
+            || format!("{n} messages were not dead-lettered"),
+        )
+        .await
     }
 
     /// Depth of one of this test's queues.

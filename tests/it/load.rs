@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{Api, TestEnv};
+use crate::helpers::{Api, TestEnv, eventually};
 
 /// One request's counts, from the public view and the task totals.
 #[derive(sqlx::FromRow)]
@@ -69,15 +69,13 @@ impl Stream {
 
     /// Waits until at least `n` requests were submitted.
     pub async fn wait_for(&self, n: usize) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        while self.count() < n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "only {} requests were submitted",
-                self.count()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(
+            Duration::from_secs(120),
+            Duration::from_millis(20),
+            async || (self.count() >= n).then_some(()),
+            || format!("only {} requests were submitted", self.count()),
+        )
+        .await
     }
 
     /// Stops submitting; returns what was submitted.
@@ -210,49 +208,53 @@ impl Load {
 
     /// Waits until some request is part-way through its rows: a fault now lands mid-erasure.
     pub async fn wait_mid_erasure(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         let total = 3 * 2 * self.rows;
-        loop {
-            let mid: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM erasure.request_status
-                                 WHERE status = 'in-progress' AND rows_deleted > 0
-                                   AND rows_deleted < $1)",
-            )
-            .bind(total)
-            .fetch_one(&self.env.pool)
-            .await
-            .unwrap();
-            if mid {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no request got part-way"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually(
+            Duration::from_secs(120),
+            Duration::from_millis(10),
+            async || {
+                let mid: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM erasure.request_status
+                                     WHERE status = 'in-progress' AND rows_deleted > 0
+                                       AND rows_deleted < $1)",
+                )
+                .bind(total)
+                .fetch_one(&self.env.pool)
+                .await
+                .unwrap();
+                mid.then_some(())
+            },
+            || "no request got part-way".into(),
+        )
+        .await
     }
 
     /// Waits until no request is in progress (`within` at most).
     pub async fn wait_settled(&self, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let open: Vec<String> = sqlx::query_scalar(
-                "SELECT request_id FROM erasure.requests WHERE status = 'in-progress'",
-            )
-            .fetch_all(&self.env.pool)
-            .await
-            .unwrap();
-            if open.is_empty() {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} requests did not settle within {within:?}: {open:?}",
-                open.len()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let open = std::cell::RefCell::new(Vec::<String>::new());
+        eventually(
+            within,
+            Duration::from_millis(100),
+            async || {
+                let now: Vec<String> = sqlx::query_scalar(
+                    "SELECT request_id FROM erasure.requests WHERE status = 'in-progress'",
+                )
+                .fetch_all(&self.env.pool)
+                .await
+                .unwrap();
+                let settled = now.is_empty();
+                *open.borrow_mut() = now;
+                settled.then_some(())
+            },
+            || {
+                let open = open.borrow();
+                format!(
+                    "{} requests did not settle within {within:?}: {open:?}",
+                    open.len()
+                )
+            },
+        )
+        .await
     }
 
     /// The promise, for every request submitted (`u-1`..=`u-{ids.len()}`, in order).

@@ -12,7 +12,7 @@ use std::{
 
 use tokio::process::{Child, Command};
 
-use crate::helpers::TestEnv;
+use crate::helpers::{TestEnv, eventually};
 
 pub struct Process {
     child: Child,
@@ -60,16 +60,13 @@ impl Process {
 
     /// Both consumers (requests, tasks) attached: messages published now reach this process.
     async fn wait_consuming(&mut self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while self.logged("consuming") < 2 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} is not consuming:\n{}",
-                self.role,
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            async || (self.logged("consuming") >= 2).then_some(()),
+            || format!("{} is not consuming:\n{}", self.role, self.log_text()),
+        )
+        .await
     }
 
     async fn wait_started(&mut self) -> SocketAddr {

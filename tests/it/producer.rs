@@ -6,7 +6,7 @@ use std::time::Duration;
 use erasure::{contract::ERASE_ROUTING_KEY, startup::Role};
 use serde_json::json;
 
-use crate::helpers::{TestEnv, publish_raw};
+use crate::helpers::{TestEnv, eventually, publish_raw};
 
 #[tokio::test]
 async fn a_message_published_straight_to_the_queue_is_recorded_and_erased() {
@@ -116,23 +116,21 @@ async fn a_malformed_message_reusing_a_request_id_does_not_fail_that_request() {
         "userIds": ["u-1"], "botIds": [bots[0]], "requestedBy": "svc-a"
     });
     publish_raw(&env, ERASE_ROUTING_KEY, good.to_string().as_bytes()).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let planned: Option<i32> = sqlx::query_scalar(
-            "SELECT tasks_total FROM erasure.request_status WHERE request_id = 'eud-shared-id'",
-        )
-        .fetch_optional(&env.pool)
-        .await
-        .unwrap();
-        if planned.unwrap_or(0) > 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the request was not planned"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        async || {
+            let planned: Option<i32> = sqlx::query_scalar(
+                "SELECT tasks_total FROM erasure.request_status WHERE request_id = 'eud-shared-id'",
+            )
+            .fetch_optional(&env.pool)
+            .await
+            .unwrap();
+            (planned.unwrap_or(0) > 0).then_some(())
+        },
+        || "the request was not planned".into(),
+    )
+    .await;
     // Another producer, or a broken retry, sends garbage under the same id.
     for bad in [
         json!({"version": 1, "requestId": "eud-shared-id", "accountId": "acct-b", "userIds": []}),
@@ -140,14 +138,7 @@ async fn a_malformed_message_reusing_a_request_id_does_not_fail_that_request() {
     ] {
         publish_raw(&env, ERASE_ROUTING_KEY, bad.to_string().as_bytes()).await;
     }
-    let dead = env.topology().dead_queue();
-    while env.queue_depth(&dead).await < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the bad messages were not dead-lettered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.wait_dead_letters(2).await;
     assert_eq!(
         env.request_status("eud-shared-id").await.as_deref(),
         Some("in-progress"),

@@ -15,7 +15,7 @@ use erasure::{
 };
 use serde_json::{Value, json};
 
-use crate::helpers::{Api, TestEnv};
+use crate::helpers::{Api, TestEnv, eventually};
 
 fn fixture(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -92,20 +92,21 @@ async fn submit(env: &TestEnv, api: &Api, token: &str, body: Value) -> String {
 /// The receipt, once the service answers 200 (409 `not_verified` until then).
 async fn receipt_when_ready(svc: &Running, token: &str, id: &str) -> String {
     let client = erasure::client::Client::new(&format!("http://{}", svc.http_addr));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let reply = client.receipt(token, id).reply().await.unwrap();
-        if reply.status() == 200 {
-            return reply.text().to_string();
-        }
-        assert_eq!(reply.status(), 409, "{}", reply.text());
-        assert_eq!(reply.json()["errors"][0]["code"], "not_verified");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no receipt for {id}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || {
+            let reply = client.receipt(token, id).reply().await.unwrap();
+            if reply.status() == 200 {
+                return Some(reply.text().to_string());
+            }
+            assert_eq!(reply.status(), 409, "{}", reply.text());
+            assert_eq!(reply.json()["errors"][0]["code"], "not_verified");
+            None
+        },
+        || format!("no receipt for {id}"),
+    )
+    .await
 }
 
 async fn jwks(svc: &Running) -> Value {

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    helpers::{Api, TestEnv},
+    helpers::{Api, TestEnv, eventually},
     process::Process,
 };
 
@@ -173,14 +173,13 @@ async fn a_request_with_nothing_late_is_verified_with_zero_late_rows_by_the_serv
     let svc = env.start(Role::All).await;
     let api = Api::new(&svc);
     let id = erase_late_1(&env, &api, &token, &bots[0]).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let verification = loop {
-        if let Some(v) = api.status_doc(&token, &id).await.verification {
-            break v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not verified");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let verification = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || api.status_doc(&token, &id).await.verification,
+        || "not verified".into(),
+    )
+    .await;
     assert_eq!(verification.remaining_rows, 0);
     assert_eq!(verification.late_rows.total(), 0);
     assert_eq!(verification.late_rows.0.len(), 3, "every store is named");
@@ -205,11 +204,13 @@ async fn a_verifier_that_dies_mid_way_is_resumed_and_the_late_count_stays_exact(
         ],
     );
     let first = tokio::spawn(async move { slow.step(&CancellationToken::new()).await });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while erased_since_baseline(&env, &id).await.unwrap_or(0) == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "no late row erased");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        async || (erased_since_baseline(&env, &id).await.unwrap_or(0) > 0).then_some(()),
+        || "no late row erased".into(),
+    )
+    .await;
     // What a crash does: the work stops wherever it is; its lease stays behind.
     first.abort();
     let _ = first.await;
@@ -264,15 +265,18 @@ async fn a_due_verification_survives_sigkill_before_and_during_its_run() {
         &[fast[0], fast[1], ("ERASURE_MAX_ROWS_PER_SECOND", "300")],
     )
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while erased_since_baseline(&env, &id).await.unwrap_or(0) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the second process did not start verifying:\n{}",
-            second.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        async || (erased_since_baseline(&env, &id).await.unwrap_or(0) > 0).then_some(()),
+        || {
+            format!(
+                "the second process did not start verifying:\n{}",
+                second.log_text()
+            )
+        },
+    )
+    .await;
     second.kill().await;
     let erased = erased_since_baseline(&env, &id).await.unwrap();
     assert!((1..1200).contains(&erased), "killed mid-way: {erased}");
@@ -289,19 +293,16 @@ async fn a_due_verification_survives_sigkill_before_and_during_its_run() {
         base: format!("http://{}", third.http),
         http: reqwest::Client::new(),
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let doc = loop {
-        let (_, doc) = api.status(&token, &id).await;
-        if doc["verification"].is_object() {
-            break doc;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not verified:\n{}",
-            third.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let doc = eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        async || {
+            let (_, doc) = api.status(&token, &id).await;
+            doc["verification"].is_object().then_some(doc)
+        },
+        || format!("not verified:\n{}", third.log_text()),
+    )
+    .await;
     assert_eq!(
         doc["verification"]["lateRows"],
         json!({"conversations": 400, "sessions": 400, "analytics": 400})
