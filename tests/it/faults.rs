@@ -219,6 +219,29 @@ async fn get_one(ch: &lapin::Channel, queue: &str) -> lapin::message::BasicGetMe
     .await
 }
 
+/// Dead letters, taken off the test's queue until `enough` says the ones taken so far are
+/// what the test waits for (30 s at most; `what` says what did not come); all those taken.
+async fn drain_dead_until(
+    env: &TestEnv,
+    what: &str,
+    enough: impl Fn(&[(Option<String>, Option<String>)]) -> bool,
+) -> Vec<(Option<String>, Option<String>)> {
+    let taken = std::cell::RefCell::new(Vec::new());
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || {
+            let more = drain_dead(env).await;
+            let mut dead = taken.borrow_mut();
+            dead.extend(more);
+            enough(&dead).then_some(())
+        },
+        || format!("{what}: {:?}", taken.borrow()),
+    )
+    .await;
+    taken.into_inner()
+}
+
 /// Takes every message off the test's dead-letter queue: (reason header, request id header).
 async fn drain_dead(env: &TestEnv) -> Vec<(Option<String>, Option<String>)> {
     let conn = erasure::queue::connect(AMQP_URL, "test-dead")
@@ -464,20 +487,10 @@ async fn poison_messages_are_dead_lettered_with_a_reason_and_the_next_one_is_pro
     s.assert_erased(&valid).await;
 
     // Every poison message is in the dead-letter queue with its reason.
-    let taken = std::cell::RefCell::new(Vec::new());
-    eventually(
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        async || {
-            let more = drain_dead(&s.env).await;
-            let mut dead = taken.borrow_mut();
-            dead.extend(more);
-            (dead.len() >= poison.len()).then_some(())
-        },
-        || format!("not every poison message was dead-lettered: {taken:?}"),
-    )
+    let dead = drain_dead_until(&s.env, "not every poison message was dead-lettered", |d| {
+        d.len() >= poison.len()
+    })
     .await;
-    let dead = taken.into_inner();
     assert_eq!(dead.len(), poison.len(), "{dead:?}");
     for (reason, _) in &dead {
         assert!(reason.as_deref().is_some_and(|r| !r.is_empty()), "{dead:?}");
@@ -723,23 +736,16 @@ async fn a_message_that_kills_the_worker_again_and_again_is_dead_lettered() {
     );
     assert_eq!(s.env.rows_deleted(&id).await, deleted, "not worked again");
     // Recorded first, then published to the dead-letter queue.
-    let taken = std::cell::RefCell::new(Vec::new());
-    eventually(
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        async || {
-            let more = drain_dead(&s.env).await;
-            let mut dead = taken.borrow_mut();
-            dead.extend(more);
-            dead.iter()
-                .any(|(why, rid)| {
-                    why.as_deref()
-                        .is_some_and(|w| w.starts_with("delivered 3 times without being settled"))
-                        && rid.as_deref() == Some(id.as_str())
-                })
-                .then_some(())
+    drain_dead_until(
+        &s.env,
+        "the task message is not in the dead-letter queue",
+        |d| {
+            d.iter().any(|(why, rid)| {
+                why.as_deref()
+                    .is_some_and(|w| w.starts_with("delivered 3 times without being settled"))
+                    && rid.as_deref() == Some(id.as_str())
+            })
         },
-        || format!("the task message is not in the dead-letter queue: {taken:?}"),
     )
     .await;
 }
