@@ -172,7 +172,13 @@ async fn work_slice(
         .targets
         .roots()
         .map(|root| erase_root(ctx, root, works, &active, stop));
-    let per_root = futures_util::future::try_join_all(roots).await?;
+    // Every store's slice runs to its end even when another's fails, rather than be dropped
+    // mid-statement: what they erased is committed with its count either way, and the
+    // failure is reported once they are all done.
+    let per_root = futures_util::future::join_all(roots)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
     for erased in per_root {
         for (&i, (rows, drained)) in active.iter().zip(erased) {
             works[i].erased += rows;
