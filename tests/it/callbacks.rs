@@ -792,17 +792,8 @@ async fn a_failed_request_is_told_and_told_again_when_redriven_it_completes() {
         token,
         ..
     } = told("acct-cbf", "u-cbf-1", 3).await;
-    // The platform refuses the deletes (a trigger raising with the row's user, which must not
-    // reach the callback): the task fails for good and the request with it.
-    sqlx::raw_sql(
-        "CREATE FUNCTION platform.refuse() RETURNS trigger LANGUAGE plpgsql AS
-           $$ BEGIN RAISE EXCEPTION 'refusing to delete a row of %', OLD.user_id; END $$;
-         CREATE TRIGGER refuse BEFORE DELETE ON platform.conversations
-           FOR EACH ROW EXECUTE FUNCTION platform.refuse();",
-    )
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    // The platform refuses the deletes: the task fails for good and the request with it.
+    env.refuse_deletes().await;
     let svc = env.start(Role::All).await;
     let api = Api::new(&svc);
     let url = format!("http://{addr}/told");
@@ -819,10 +810,7 @@ async fn a_failed_request_is_told_and_told_again_when_redriven_it_completes() {
     wait_callback(&api, &token, &id, "delivered").await;
 
     // Fixed and redriven, it settles again: a second event, with its own webhook id.
-    sqlx::raw_sql("DROP TRIGGER refuse ON platform.conversations")
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    env.allow_deletes().await;
     env.wait_dead_letters(1).await;
     let moved = erasure::queue::redrive::redrive(&env.pool, env.brokers(), &env.topology(), 10)
         .await

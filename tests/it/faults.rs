@@ -534,15 +534,7 @@ async fn poison_messages_are_dead_lettered_with_a_reason_and_the_next_one_is_pro
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanently_failing_task_fails_without_pii_and_completes_after_redrive() {
     let s = Scenario::new(&[("ERASURE_BATCH_SIZE", "50")], 120).await;
-    sqlx::raw_sql(
-        "CREATE FUNCTION platform.refuse() RETURNS trigger LANGUAGE plpgsql AS
-           $$ BEGIN RAISE EXCEPTION 'refusing to delete a row of %', OLD.user_id; END $$;
-         CREATE TRIGGER refuse BEFORE DELETE ON platform.conversations
-           FOR EACH ROW EXECUTE FUNCTION platform.refuse();",
-    )
-    .execute(&s.env.pool)
-    .await
-    .unwrap();
+    s.env.refuse_deletes().await;
     let worker = s.env.start(Role::Worker).await;
     let id = format!("eud-{}", uuid::Uuid::new_v4());
     publish_raw(&s.env, ERASE_ROUTING_KEY, &s.message(&id, &s.target_bots())).await;
@@ -578,10 +570,7 @@ async fn a_permanently_failing_task_fails_without_pii_and_completes_after_redriv
     assert_eq!(failed, 2, "both tasks of the message failed");
 
     // The operator fixes the cause and redrives: the request resumes and completes.
-    sqlx::raw_sql("DROP TRIGGER refuse ON platform.conversations")
-        .execute(&s.env.pool)
-        .await
-        .unwrap();
+    s.env.allow_deletes().await;
     let moved = redrive::redrive(&s.env.pool, AMQP_URL, &s.env.topology(), 100)
         .await
         .unwrap();

@@ -18,6 +18,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 pub const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Polls `check` every `every` until it yields a value and returns it; when `within` has
 /// passed first, fails the test with what `failure` says at that moment (a process's log,
@@ -39,7 +40,6 @@ pub async fn eventually<T>(
         tokio::time::sleep(every).await;
     }
 }
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 pub struct TestEnv {
     pub db_name: String,
@@ -179,6 +179,29 @@ impl TestEnv {
                 .await
                 .unwrap();
         }
+    }
+
+    /// Makes the platform refuse every delete of a conversation (a trigger raising an error
+    /// that quotes the row's user, which must reach no log, reason or callback): the tasks
+    /// that erase conversations fail for good until [`Self::allow_deletes`].
+    pub async fn refuse_deletes(&self) {
+        sqlx::raw_sql(
+            "CREATE FUNCTION platform.refuse() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN RAISE EXCEPTION 'refusing to delete a row of %', OLD.user_id; END $$;
+             CREATE TRIGGER refuse BEFORE DELETE ON platform.conversations
+               FOR EACH ROW EXECUTE FUNCTION platform.refuse();",
+        )
+        .execute(&self.pool)
+        .await
+        .unwrap();
+    }
+
+    /// Undoes [`Self::refuse_deletes`]: the operator fixed the cause.
+    pub async fn allow_deletes(&self) {
+        sqlx::raw_sql("DROP TRIGGER refuse ON platform.conversations")
+            .execute(&self.pool)
+            .await
+            .unwrap();
     }
 
     /// Rows of `user` in `bot` across the three stores.
