@@ -1,6 +1,6 @@
 //! Cancellation safety of the database layer: a future dropped while it opens a transaction
-//! (what `try_join_all` does to the other stores' batches when one fails, and what a shutdown
-//! or a timeout does) must not leave its pooled connection inside that transaction, where the
+//! (what a shutdown or a timeout does, and what a task slice did to the other stores' batches
+//! when one failed, before they were all run to their end) must not leave its pooled connection inside that transaction, where the
 //! next borrower's statements would read an old snapshot and their writes never commit
 //! (launchbadge/sqlx#4393; `vendor/sqlx-postgres/PATCHED.md`).
 

@@ -107,6 +107,18 @@ pub struct Statements {
 }
 
 impl Statements {
+    /// [`Self::start`] when `--profile` asks for it.
+    pub async fn start_if(
+        profile: bool,
+        pool: &PgPool,
+        database_url: &str,
+    ) -> anyhow::Result<Option<Self>> {
+        if !profile {
+            return Ok(None);
+        }
+        Self::start(pool, database_url).await.map(Some)
+    }
+
     /// Marks the log's current end; `database_url`'s database is the one to read.
     pub async fn start(pool: &PgPool, database_url: &str) -> anyhow::Result<Self> {
         let log = server_log(pool).await?;
@@ -125,7 +137,12 @@ impl Statements {
         })
     }
 
+    /// What each kind of statement cost since [`Self::start`], per request of `requests`.
     pub fn finish(self, requests: usize) -> anyhow::Result<Profile> {
+        self.read(requests).context("reading the statement profile")
+    }
+
+    fn read(self, requests: usize) -> anyhow::Result<Profile> {
         let mut file = std::fs::File::open(&self.log)?;
         file.seek(SeekFrom::Start(self.offset))?;
         let mut text = String::new();

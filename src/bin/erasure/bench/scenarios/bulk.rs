@@ -2,8 +2,6 @@
 //! against the floor on the copy of the same rows. With `--profile`, what each kind of
 //! statement of the bench database cost while the request ran (see the many scenario).
 
-use anyhow::Context;
-
 use super::{
     super::profile, BULK_ACCOUNT, Bench, Figures, app_token, erase_and_wait, floor_then_service,
 };
@@ -13,16 +11,12 @@ pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()>
     let users = bench.bulk_set(0);
     let ((floor_rows, floor_secs), workers) =
         floor_then_service(bench, &token, "bulk", &users).await?;
-    let profiling = if bench.opts.profile {
-        Some(profile::Statements::start(&bench.pool, &bench.opts.database_url).await?)
-    } else {
-        None
-    };
+    let profiling =
+        profile::Statements::start_if(bench.opts.profile, &bench.pool, &bench.opts.database_url)
+            .await?;
     let run = erase_and_wait(bench, &token, &users, None).await?;
     if let Some(statements) = profiling {
-        let report = statements
-            .finish(1)
-            .context("reading the statement profile")?;
+        let report = statements.finish(1)?;
         println!("bulk, one request of {} users:\n{report}", users.len());
         figures.set("bulk_db_cpu_ms", report.per_request_cpu_ms());
     }

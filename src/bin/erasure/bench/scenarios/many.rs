@@ -9,7 +9,6 @@
 
 use std::time::Instant;
 
-use anyhow::Context;
 use serde_json::json;
 
 use super::{
@@ -24,11 +23,8 @@ pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()>
     let users = bench.bulk_set(many_set(bench));
     let ((floor_rows, floor_secs), workers) =
         floor_then_service(bench, &token, "many", &users).await?;
-    let profiling = if opts.profile {
-        Some(profile::Statements::start(&bench.pool, &opts.database_url).await?)
-    } else {
-        None
-    };
+    let profiling =
+        profile::Statements::start_if(opts.profile, &bench.pool, &opts.database_url).await?;
     let mut pids: Vec<u32> = workers.0.iter().filter_map(|w| w.pid()).collect();
     pids.extend(bench.intake_pid);
     let cpu = Cpu::start(&bench.pool, &pids).await?;
@@ -57,9 +53,7 @@ pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()>
         }
     }
     if let Some(statements) = profiling {
-        let report = statements
-            .finish(accepted.ids.len())
-            .context("reading the statement profile")?;
+        let report = statements.finish(accepted.ids.len())?;
         println!("{report}");
         figures.set("many_statements_per_request", report.per_request_count());
         figures.set("many_db_ms_per_request", report.per_request_ms());
