@@ -215,6 +215,8 @@ settings! {
         concurrency: usize = "ERASURE_WORKER_CONCURRENCY", "4", int(1, 1024);
         /// most messages of a queue a worker takes at once when they are ready together, and works together: requests planned in one transaction, tasks erased in shared statements (1: one at a time)
         coalesce: usize = "ERASURE_COALESCE", "64", int(1, 1024);
+        /// requests of at most this many users are erased by the delivery that plans them, without a task message, when their rows fit one statement per store (the rest, and larger requests, go through task messages; 0: always through task messages)
+        erase_at_planning_users: usize = "ERASURE_ERASE_AT_PLANNING_USERS", "16", int(0, 1_000);
         /// ceiling on rows deleted per second per worker process (0: none)
         max_rows_per_second: u64 = "ERASURE_MAX_ROWS_PER_SECOND", "0", int(0, u64::MAX);
         /// ceiling on rows deleted per second by all workers together (0: none)

@@ -204,6 +204,11 @@ pub const FAMILIES: &[Family] = &[
         unlabelled,
     ),
     Kind::Counter.family(
+        "erasure_task_messages_skipped_total",
+        "Task messages never published: the delivery that planned their request erased its rows at once",
+        unlabelled,
+    ),
+    Kind::Counter.family(
         "erasure_handed_back_total",
         "Deliveries handed back (republished) after a transient error, by kind (plan, task)",
         kinds,
@@ -266,7 +271,7 @@ pub const FAMILIES: &[Family] = &[
     ),
     Kind::Histogram.family(
         "erasure_task_slice_seconds",
-        "Duration of one task delivery (a slice)",
+        "Duration of one task slice: a task message's delivery, or the erase at planning of small requests",
         unlabelled,
     ),
     gauge(

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Ctx,
     job::{Job, JobError, Poison, Step},
+    task,
 };
 use crate::{
     contract::{ERASE_ROUTING_KEY, EraseMessage, TaskMessage},
@@ -18,6 +19,7 @@ use crate::{
     retry, rules,
     store::{
         dead_letters::Subject,
+        outbox,
         planning::{Plan, PlanRow, Planned, Planning},
         platform::ResolvedEntry,
         requests::{NewRequest, Source},
@@ -55,46 +57,124 @@ impl Job for PlanJob {
         &self,
         ctx: &Ctx,
         msg: &EraseMessage,
-        _stop: &CancellationToken,
+        stop: &CancellationToken,
     ) -> Result<Step, JobError> {
-        plan(ctx, msg).await
+        self.execute_many(ctx, &[msg], stop).await.remove(0)
     }
 
+    /// Plans the requests (together when they can be), then erases at once what the small
+    /// ones' plans queued, where it fits ([`erase_at_once`]).
     async fn execute_many(
         &self,
         ctx: &Ctx,
         msgs: &[&EraseMessage],
         stop: &CancellationToken,
     ) -> Vec<Result<Step, JobError>> {
+        let mut plans = None;
         if msgs.len() > 1 {
             let group = retry::transient(ctx.retry_budget(), retry::Operation::Plan, || {
                 plan_group(ctx, msgs)
             })
             .await;
             match group {
-                Ok(Some(steps)) => return steps.into_iter().map(Ok).collect(),
+                Ok(Some(planned)) => plans = Some(planned.into_iter().map(Ok).collect()),
                 Err(e) => return msgs.iter().map(|_| Err(e.clone())).collect(),
                 // Something in the group needs a request of its own: each alone.
                 Ok(None) => {}
             }
         }
-        let mut steps = Vec::with_capacity(msgs.len());
-        for msg in msgs {
-            steps.push(self.execute(ctx, msg, stop).await);
-        }
-        steps
+        let mut plans: Vec<Result<Outcome, JobError>> = match plans {
+            Some(plans) => plans,
+            None => {
+                let mut plans = Vec::with_capacity(msgs.len());
+                for msg in msgs {
+                    plans.push(plan_one(ctx, msg).await);
+                }
+                plans
+            }
+        };
+        erase_at_once(ctx, &mut plans, stop).await;
+        plans.into_iter().map(|p| p.map(|o| o.step)).collect()
     }
 }
 
-/// Plans one request (retried whole on a transient error).
+/// A request's plan as its transaction committed it: the step, and the task messages it
+/// queued with the users they erase.
+struct Outcome {
+    step: Step,
+    tasks: Vec<TaskMessage>,
+    users: Vec<PlatformUserId>,
+}
+
+impl Outcome {
+    fn of(step: Step) -> Self {
+        Self {
+            step,
+            tasks: Vec::new(),
+            users: Vec::new(),
+        }
+    }
+}
+
+/// Erases, in the delivery that planned them, the tasks of requests of at most
+/// `ERASURE_ERASE_AT_PLANNING_USERS` users whose rows fit one shared statement per store (a
+/// platform's one-user requests): their task messages, committed to the outbox with the
+/// plan, are then cleared unpublished. The rest are published as planned, and so is a message
+/// whose tasks this did not finish; were the worker to die here, the outbox relay publishes
+/// them all. That saves each small request a message through the broker, a delivery, and
+/// the task's load and re-check.
+async fn erase_at_once(
+    ctx: &Ctx,
+    plans: &mut [Result<Outcome, JobError>],
+    stop: &CancellationToken,
+) {
+    let most = ctx.config.worker.erase_at_planning_users;
+    let small: Vec<(&TaskMessage, &[PlatformUserId])> = plans
+        .iter()
+        .filter_map(|p| p.as_ref().ok())
+        .filter(|o| matches!(o.step, Step::Planned { .. }) && o.users.len() <= most)
+        .flat_map(|o| o.tasks.iter().map(|t| (t, o.users.as_slice())))
+        .collect();
+    if small.is_empty() || stop.is_cancelled() {
+        return;
+    }
+    let done: HashSet<String> = task::at_planning(ctx, &small, stop)
+        .await
+        .into_iter()
+        .zip(&small)
+        .filter(|(done, _)| *done)
+        .map(|(_, (t, _))| t.message_id())
+        .collect();
+    let mut cleared = Vec::new();
+    for outcome in plans.iter_mut().filter_map(|p| p.as_mut().ok()) {
+        if let Step::Planned { messages } = &mut outcome.step {
+            cleared.extend(
+                messages
+                    .extract_if(.., |m| done.contains(&m.message_id))
+                    .map(|m| m.id),
+            );
+        }
+    }
+    metrics::counter!("erasure_task_messages_skipped_total").increment(cleared.len() as u64);
+    // Left behind, the relay publishes them later, and their deliveries find the tasks done.
+    if let Err(e) = outbox::delete(&ctx.pool, &cleared).await {
+        tracing::warn!(error = %crate::store::describe(&e), "could not clear the outbox rows of tasks done at planning");
+    }
+}
+
+/// Plans one request (retried whole on a transient error), without erasing anything.
 pub async fn plan(ctx: &Ctx, msg: &EraseMessage) -> Result<Step, JobError> {
+    plan_one(ctx, msg).await.map(|o| o.step)
+}
+
+async fn plan_one(ctx: &Ctx, msg: &EraseMessage) -> Result<Outcome, JobError> {
     retry::transient(ctx.retry_budget(), retry::Operation::Plan, || async {
         let mut planning = Planning::begin(&ctx.pool, &[new_request(msg)]).await?;
         match judge(&mut planning, &[msg]).await?.remove(0) {
             Verdict::Refused(reason) => Err(JobError::Refused(reason)),
             Verdict::NotDue => {
                 planning.skip().await?;
-                Ok(Step::Duplicate)
+                Ok(Outcome::of(Step::Duplicate))
             }
             Verdict::Due(bots) => Ok(commit(ctx, planning, &[msg], &[bots]).await?.remove(0)),
         }
@@ -104,7 +184,7 @@ pub async fn plan(ctx: &Ctx, msg: &EraseMessage) -> Result<Step, JobError> {
 
 /// Plans several requests in one transaction; `None` (nothing written) when any of them is
 /// refused or not due, to be planned on its own.
-async fn plan_group(ctx: &Ctx, msgs: &[&EraseMessage]) -> Result<Option<Vec<Step>>, JobError> {
+async fn plan_group(ctx: &Ctx, msgs: &[&EraseMessage]) -> Result<Option<Vec<Outcome>>, JobError> {
     let mut ids: Vec<&RequestId> = msgs.iter().map(|m| &m.request_id).collect();
     ids.sort();
     ids.dedup();
@@ -208,7 +288,7 @@ async fn commit(
     mut planning: Planning,
     msgs: &[&EraseMessage],
     bots: &[Vec<BotId>],
-) -> Result<Vec<Step>, JobError> {
+) -> Result<Vec<Outcome>, JobError> {
     let entries = planning.resolve_users().await?;
     let mut everyone: Vec<PlatformUserId> =
         entries.iter().flat_map(|e| e.user_ids.clone()).collect();
@@ -230,15 +310,16 @@ async fn commit(
         .collect();
     // One message per group of bots: a group's tasks share their delete statements, which
     // visit each heap page once for all of its bots rather than once per bot.
-    let messages: Vec<Vec<(String, Vec<u8>)>> = msgs
+    let tasks: Vec<Vec<TaskMessage>> = msgs
         .iter()
         .zip(bots)
         .map(|(m, b)| {
             TaskMessage::for_bots(&m.request_id, b, ctx.config.worker.bots_per_message, 0)
-                .iter()
-                .map(TaskMessage::outbox_entry)
-                .collect()
         })
+        .collect();
+    let messages: Vec<Vec<(String, Vec<u8>)>> = tasks
+        .iter()
+        .map(|t| t.iter().map(TaskMessage::outbox_entry).collect())
         .collect();
     let plans: Vec<Plan<'_>> = (0..msgs.len())
         .map(|i| Plan {
@@ -253,7 +334,12 @@ async fn commit(
     Ok(msgs
         .iter()
         .zip(planned)
-        .map(|(msg, planned)| step(msg, planned))
+        .zip(tasks.into_iter().zip(decisions))
+        .map(|((msg, planned), (tasks, decision))| Outcome {
+            step: step(msg, planned),
+            tasks,
+            users: decision.erase,
+        })
         .collect())
 }
 

@@ -160,6 +160,46 @@ pub async fn run_group(
         .collect()
 }
 
+/// Works, in the delivery that planned them, the tasks of messages just planned whose rows
+/// fit one shared statement per store: no task message, no load (the plan just wrote what it
+/// would read), no re-check (the plan just applied the rules). Returns, per message, whether
+/// its tasks are done; a message whose are not (rows beyond one batch, a store with children
+/// or anonymized, shutdown, any error) is left to its task message, which the caller
+/// publishes: what was erased here is counted already, and that delivery erases the rest.
+pub async fn at_planning(
+    ctx: &Ctx,
+    planned: &[(&TaskMessage, &[PlatformUserId])],
+    stop: &CancellationToken,
+) -> Vec<bool> {
+    let mut works: Vec<Work<'_>> = planned
+        .iter()
+        .map(|(msg, users)| Work {
+            users: users.to_vec(),
+            ..Work::new(msg)
+        })
+        .collect();
+    metrics::counter!("erasure_tasks_started_total")
+        .increment(works.iter().map(|w| w.bots.len() as u64).sum());
+    let started = Instant::now();
+    if let Err(e) = erase_slice(ctx, &mut works, Budget::AtOnce, stop).await {
+        tracing::info!(error = %e, "erasing at planning stopped; the task messages take over");
+    }
+    metrics::histogram!("erasure_task_slice_seconds").record(started.elapsed().as_secs_f64());
+    works
+        .iter()
+        .map(|w| matches!(w.step, Some(Ok(Step::Drained))))
+        .collect()
+}
+
+/// How much of its tasks a delivery works.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Budget {
+    /// Batch after batch until the stores drain or `ERASURE_BATCHES_PER_SLICE` is spent.
+    Slice,
+    /// Only rows that fit one shared statement per store (see [`at_planning`]).
+    AtOnce,
+}
+
 async fn work_slice(
     ctx: &Ctx,
     works: &mut [Work<'_>],
@@ -167,11 +207,26 @@ async fn work_slice(
 ) -> Result<(), JobError> {
     load(ctx, works).await?;
     recheck(ctx, works).await?;
+    erase_slice(ctx, works, Budget::Slice, stop).await?;
+    for w in works.iter_mut().filter(|w| w.active()) {
+        w.step = Some(advance(ctx, w).await);
+    }
+    Ok(())
+}
+
+/// Erases the active works' rows within `budget`, from every root store at once, and
+/// completes the works whose stores all drained.
+async fn erase_slice(
+    ctx: &Ctx,
+    works: &mut [Work<'_>],
+    budget: Budget,
+    stop: &CancellationToken,
+) -> Result<(), JobError> {
     let active: Vec<usize> = (0..works.len()).filter(|&i| works[i].active()).collect();
     let roots = ctx
         .targets
         .roots()
-        .map(|root| erase_root(ctx, root, works, &active, stop));
+        .map(|root| erase_root(ctx, root, works, &active, budget, stop));
     // Every store's slice runs to its end even when another's fails, rather than be dropped
     // mid-statement: what they erased is committed with its count either way, and the
     // failure is reported once they are all done.
@@ -201,11 +256,7 @@ async fn work_slice(
             "slice worked"
         );
     }
-    complete(ctx, works).await?;
-    for w in works.iter_mut().filter(|w| w.active()) {
-        w.step = Some(advance(ctx, w).await);
-    }
-    Ok(())
+    complete(ctx, works).await
 }
 
 /// Loads the group's tasks. A message whose tasks are unknown, all done, or handed over to a
@@ -277,19 +328,21 @@ async fn recheck(ctx: &Ctx, works: &mut [Work<'_>]) -> Result<(), JobError> {
 }
 
 /// Erases the active works' rows from one root store (and its children): works that share
-/// their bots together in one batch where their rows fit it, the others one by one. Returns,
-/// per active work, the rows erased and whether the store drained for it.
+/// their bots together in one batch where their rows fit it, the others one by one (within a
+/// [`Budget::Slice`]; within [`Budget::AtOnce`] they are left as they are). Returns, per
+/// active work, the rows erased and whether the store drained for it.
 async fn erase_root(
     ctx: &Ctx,
     root: usize,
     works: &[Work<'_>],
     active: &[usize],
+    budget: Budget,
     stop: &CancellationToken,
 ) -> Result<Vec<(u64, bool)>, JobError> {
     let mut out = vec![(0, false); active.len()];
     let mut alone: Vec<usize> = Vec::new();
     for group in by_bots(works, active) {
-        if group.len() == 1 {
+        if group.len() == 1 && budget == Budget::Slice {
             alone.push(group[0]);
             continue;
         }
@@ -301,7 +354,8 @@ async fn erase_root(
                     out[k] = (n, true);
                 }
             }
-            None => alone.extend(group),
+            None if budget == Budget::Slice => alone.extend(group),
+            None => {}
         }
     }
     for k in alone {

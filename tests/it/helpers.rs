@@ -298,6 +298,14 @@ impl TestEnv {
     }
 
     /// Rows the request has deleted so far (the public view; 0 before it exists).
+    /// Messages committed to the outbox and not yet published.
+    pub async fn outbox_len(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM erasure.outbox")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
     pub async fn rows_deleted(&self, request_id: &str) -> i64 {
         sqlx::query_scalar("SELECT rows_deleted FROM erasure.request_status WHERE request_id = $1")
             .bind(request_id)

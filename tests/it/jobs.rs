@@ -273,7 +273,8 @@ async fn work_together(ctx: &Ctx, msgs: &[TaskMessage]) -> Vec<Result<Step, JobE
 
 #[tokio::test]
 async fn requests_ready_together_are_planned_together_and_erased_in_shared_statements() {
-    let env = TestEnv::new().await;
+    // Through task messages: none is erased at planning.
+    let env = TestEnv::with_vars(&[("ERASURE_ERASE_AT_PLANNING_USERS", "0")]).await;
     let bots = platform(&env, 3).await;
     for user in ["u-3", "u-4"] {
         env.user(user, None, None).await;
@@ -324,6 +325,167 @@ async fn requests_ready_together_are_planned_together_and_erased_in_shared_state
     };
     assert_eq!(rows, [3 * 9, 3 * 9, 0, 2 * 6]);
     for m in &msgs {
+        assert_eq!(
+            env.request_status(m.request_id.as_str()).await.as_deref(),
+            Some("completed")
+        );
+    }
+}
+
+#[tokio::test]
+async fn small_requests_are_erased_by_the_delivery_that_plans_them() {
+    let env = TestEnv::new().await;
+    let bots = platform(&env, 3).await;
+    env.user("u-3", None, None).await;
+    for bot in &bots {
+        env.rows("u-3", bot.as_str(), 2).await;
+        env.rows("u-9", bot.as_str(), 1).await;
+    }
+    let ctx = Ctx::built_in(env.pool.clone(), env.config());
+    // u-1 asked twice (each row counted once), u-9 protected, u-3 in two of the bots.
+    let msgs = vec![
+        message(&["u-1"], &bots),
+        message(&["u-2", "u-9"], &bots),
+        message(&["u-1"], &bots),
+        message(&["u-3"], &bots[..2]),
+    ];
+    let steps = plan_together(&ctx, &msgs).await;
+    for step in &steps {
+        assert!(
+            queued(step.as_ref().unwrap()).is_empty(),
+            "nothing to publish: {step:?}"
+        );
+    }
+    assert_eq!(
+        env.outbox_len().await,
+        0,
+        "their task messages were cleared"
+    );
+    for (user, gone) in [("u-1", true), ("u-2", true), ("u-3", true), ("u-9", false)] {
+        for (i, bot) in bots.iter().enumerate() {
+            let left = env.count_rows(user, bot.as_str()).await;
+            let erased = gone && !(user == "u-3" && i == 2);
+            assert_eq!(left == 0, erased, "{user} in {bot}: {left} rows left");
+        }
+    }
+    let mut rows = Vec::new();
+    for m in &msgs {
+        rows.push(env.rows_deleted(m.request_id.as_str()).await);
+        assert_eq!(
+            env.request_status(m.request_id.as_str()).await.as_deref(),
+            Some("completed")
+        );
+    }
+    assert_eq!(rows, [3 * 9, 3 * 9, 0, 2 * 6]);
+}
+
+#[tokio::test]
+async fn requests_too_big_to_erase_at_planning_are_left_to_their_task_messages() {
+    // At most one user to erase at planning, and 10 rows per statement.
+    let env = TestEnv::with_vars(&[
+        ("ERASURE_ERASE_AT_PLANNING_USERS", "1"),
+        ("ERASURE_BATCH_SIZE", "10"),
+    ])
+    .await;
+    let bots = platform(&env, 3).await;
+    for user in ["u-3", "u-4"] {
+        env.user(user, None, None).await;
+        for bot in &bots {
+            env.rows(user, bot.as_str(), 2).await;
+        }
+    }
+    let ctx = Ctx::built_in(env.pool.clone(), env.config());
+    let msgs = vec![
+        // Together 18 rows per store: more than one statement's 10.
+        message(&["u-1"], &bots),
+        message(&["u-2"], &bots),
+        // 4 rows per store: erased at planning.
+        message(&["u-3"], &bots[..2]),
+        // Two users: more than ERASURE_ERASE_AT_PLANNING_USERS.
+        message(&["u-4", "u-9"], &bots),
+    ];
+    let steps = plan_together(&ctx, &msgs).await;
+    let published: Vec<Vec<TaskMessage>> =
+        steps.iter().map(|s| queued(s.as_ref().unwrap())).collect();
+    let counts: Vec<usize> = published.iter().map(Vec::len).collect();
+    assert_eq!(counts, [1, 1, 0, 1], "to publish, per request");
+    assert_eq!(
+        env.outbox_len().await,
+        3,
+        "what is to publish is in the outbox"
+    );
+    for (user, left) in [("u-1", 27), ("u-2", 27), ("u-3", 6), ("u-4", 18)] {
+        let mut n = 0;
+        for bot in &bots {
+            n += env.count_rows(user, bot.as_str()).await;
+        }
+        assert_eq!(n, left, "{user}: only u-3's rows are erased at planning");
+    }
+    assert_eq!(
+        env.request_status(msgs[2].request_id.as_str())
+            .await
+            .as_deref(),
+        Some("completed")
+    );
+    assert_eq!(
+        env.request_status(msgs[0].request_id.as_str())
+            .await
+            .as_deref(),
+        Some("in-progress")
+    );
+
+    let tasks: Vec<TaskMessage> = published.into_iter().flatten().collect();
+    let done = work_together(&ctx, &tasks).await;
+    assert!(
+        done.iter().all(|s| matches!(s, Ok(Step::Drained))),
+        "{done:?}"
+    );
+    let mut rows = Vec::new();
+    for m in &msgs {
+        rows.push(env.rows_deleted(m.request_id.as_str()).await);
+        assert_eq!(
+            env.request_status(m.request_id.as_str()).await.as_deref(),
+            Some("completed")
+        );
+    }
+    assert_eq!(rows, [27, 27, 12, 18], "every row counted once");
+}
+
+#[tokio::test]
+async fn a_store_that_fails_at_planning_leaves_the_request_to_its_task_message_counted_once() {
+    let env = TestEnv::new().await;
+    let bots = platform(&env, 2).await;
+    let ctx = Ctx::built_in(env.pool.clone(), env.config());
+    env.refuse_deletes().await;
+    let msgs = vec![message(&["u-1"], &bots), message(&["u-2"], &bots)];
+    let steps = plan_together(&ctx, &msgs).await;
+    let tasks: Vec<TaskMessage> = steps
+        .iter()
+        .flat_map(|s| queued(s.as_ref().unwrap()))
+        .collect();
+    assert_eq!(tasks.len(), 2, "both left to their task messages");
+    // The other stores were erased (and counted) at planning; conversations refused.
+    for user in ["u-1", "u-2"] {
+        let mut left = 0;
+        for bot in &bots {
+            left += env.count_rows(user, bot.as_str()).await;
+        }
+        assert_eq!(left, 6, "{user}: the conversations are left");
+        assert_eq!(
+            env.request_status(msgs[0].request_id.as_str())
+                .await
+                .as_deref(),
+            Some("in-progress")
+        );
+    }
+    env.allow_deletes().await;
+    let done = work_together(&ctx, &tasks).await;
+    assert!(
+        done.iter().all(|s| matches!(s, Ok(Step::Drained))),
+        "{done:?}"
+    );
+    for m in &msgs {
+        assert_eq!(env.rows_deleted(m.request_id.as_str()).await, 3 * 6);
         assert_eq!(
             env.request_status(m.request_id.as_str()).await.as_deref(),
             Some("completed")

@@ -212,8 +212,9 @@ async fn an_erasure_through_the_binary_shows_in_metrics_and_json_logs() {
     assert_eq!(m("erasure_tasks_planned_total", &[]), 2.0);
     assert_eq!(m("erasure_tasks_started_total", &[]), 2.0);
     assert_eq!(m("erasure_tasks_completed_total", &[]), 2.0);
-    // Both bots' tasks in one message, worked in one slice (or more).
+    // Both bots' tasks in one message, erased at planning: it was never published.
     assert!(m("erasure_task_slice_seconds_count", &[]) >= 1.0);
+    assert_eq!(m("erasure_task_messages_skipped_total", &[]), 1.0);
     for store in ["conversations", "sessions", "analytics"] {
         assert_eq!(
             m("erasure_rows_deleted_total", &[("store", store)]),

@@ -117,6 +117,8 @@ pub struct Settled {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub rows: i64,
+    /// When the last of them completed, on the database's clock (this host's).
+    pub last_completed_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Waits for every request to settle, then reads their figures.
@@ -147,18 +149,20 @@ pub async fn settle(bench: &Bench<'_>, ids: &[String]) -> anyhow::Result<Settled
     .fetch_all(&bench.pool)
     .await?;
     lat.sort_by(f64::total_cmp);
-    let (span, rows): (f64, i64) = sqlx::query_as(
-        "SELECT COALESCE(extract(epoch FROM max(completed_at) - min(created_at))::float8, 0),
-                COALESCE(sum(rows_deleted), 0)::bigint
+    let (span, rows, last_completed_at): (f64, i64, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as(
+            "SELECT COALESCE(extract(epoch FROM max(completed_at) - min(created_at))::float8, 0),
+                COALESCE(sum(rows_deleted), 0)::bigint, COALESCE(max(completed_at), now())
            FROM erasure.request_status WHERE request_id = ANY($1)",
-    )
-    .bind(ids)
-    .fetch_one(&bench.pool)
-    .await?;
+        )
+        .bind(ids)
+        .fetch_one(&bench.pool)
+        .await?;
     Ok(Settled {
         per_s: ids.len() as f64 / span.max(1e-9),
         p50_ms: percentile(&lat, 0.50),
         p99_ms: percentile(&lat, 0.99),
         rows,
+        last_completed_at,
     })
 }
