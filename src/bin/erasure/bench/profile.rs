@@ -42,6 +42,27 @@ async fn backends(pool: &PgPool) -> anyhow::Result<Vec<u32>> {
         .collect())
 }
 
+/// A position in the server's WAL (the whole server's: the bench has it to itself), to tell
+/// how many bytes of WAL a phase wrote. (`pg_stat_wal`'s counters lag by up to a second,
+/// too coarse for phases of a second.)
+#[derive(Clone, Copy, Debug)]
+pub struct Wal(f64);
+
+impl Wal {
+    pub async fn read(pool: &PgPool) -> anyhow::Result<Self> {
+        Ok(Self(
+            sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8")
+                .fetch_one(pool)
+                .await?,
+        ))
+    }
+
+    /// Megabytes of WAL written since `before`.
+    pub fn mb_since(self, before: Self) -> f64 {
+        (self.0 - before.0) / 1e6
+    }
+}
+
 /// CPU used between `start` and `finish`: by the service's processes, and by the backends of
 /// the bench database (those that ended during the run are missed; the bench's own polling
 /// connection is counted, a few milliseconds).

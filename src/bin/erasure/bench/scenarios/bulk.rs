@@ -9,7 +9,7 @@ use super::{
 pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()> {
     let token = app_token(bench, BULK_ACCOUNT).await?;
     let users = bench.bulk_set(0);
-    let ((floor_rows, floor_secs), workers) =
+    let ((floor_rows, floor_secs), _, workers) =
         floor_then_service(bench, &token, "bulk", &users).await?;
     let profiling =
         profile::Statements::start_if(bench.opts.profile, &bench.pool, &bench.opts.database_url)

@@ -10,7 +10,7 @@
 use serde_json::json;
 
 use super::{
-    super::profile::{self, Cpu},
+    super::profile::{self, Cpu, Wal},
     small,
 };
 use super::{BULK_ACCOUNT, Bench, Figures, Scenario, app_token, floor_then_service, metric_sum};
@@ -19,13 +19,15 @@ pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()>
     let opts = bench.opts;
     let token = app_token(bench, BULK_ACCOUNT).await?;
     let users = bench.bulk_set(many_set(bench));
-    let ((floor_rows, floor_secs), workers) =
+    let ((floor_rows, floor_secs), floor_wal, workers) =
         floor_then_service(bench, &token, "many", &users).await?;
     let profiling =
         profile::Statements::start_if(opts.profile, &bench.pool, &opts.database_url).await?;
     let mut pids: Vec<u32> = workers.0.iter().filter_map(|w| w.pid()).collect();
     pids.extend(bench.intake_pid);
     let cpu = Cpu::start(&bench.pool, &pids).await?;
+    let intake_before = intake_seconds(bench).await?;
+    let wal = Wal::read(&bench.pool).await?;
     let started = chrono::Utc::now();
     let bodies = users
         .iter()
@@ -47,6 +49,8 @@ pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()>
         .map_err(|_| anyhow::anyhow!("the last request completed before the first call"))?
         .as_secs_f64();
     let (service_cpu, postgres_cpu) = cpu.finish(&bench.pool).await?;
+    let intake_after = intake_seconds(bench).await?;
+    let wal = Wal::read(&bench.pool).await?.mb_since(wal);
     let mut groups = [(0.0, 0.0); 2];
     for w in &workers.0 {
         let m = w.metrics().await?;
@@ -79,6 +83,12 @@ pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()>
     figures.set("many_accepted_per_s", accepted.per_s);
     figures.set("many_mean_plan_group", groups[0].0 / groups[0].1.max(1.0));
     figures.set("many_mean_task_group", groups[1].0 / groups[1].1.max(1.0));
+    figures.set(
+        "many_intake_ms_mean",
+        (intake_after.0 - intake_before.0) * 1000.0 / (intake_after.1 - intake_before.1).max(1.0),
+    );
+    figures.set("many_wal_mb_floor", floor_wal);
+    figures.set("many_wal_mb_service", wal);
     figures.set("many_p50_ms", settled.p50_ms);
     figures.set("many_p99_ms", settled.p99_ms);
     figures.set("many_cpu_ms_per_request_service", service_cpu * 1000.0 / n);
@@ -97,4 +107,17 @@ fn many_set(bench: &Bench<'_>) -> i64 {
         k += bench.opts.replicas.len() as i64;
     }
     k
+}
+
+/// The intake's time answering erase calls, in all (seconds) and their number, from its
+/// metrics: with the calls' count in flight, what bounds the accepted rate.
+async fn intake_seconds(bench: &Bench<'_>) -> anyhow::Result<(f64, f64)> {
+    let text = reqwest::get(format!("{}/metrics", bench.intake.base()))
+        .await?
+        .text()
+        .await?;
+    Ok((
+        metric_sum(&text, "erasure_intake_seconds_sum", ""),
+        metric_sum(&text, "erasure_intake_seconds_count", ""),
+    ))
 }

@@ -27,6 +27,7 @@ use super::{
     figures::{Figures, metric_sum, percentile},
     floor,
     prepare::{BIG_ACCOUNT, BULK_ACCOUNT, SMALL_ACCOUNT, STORE_TABLES},
+    profile,
     service::Workers,
     step,
 };
@@ -105,16 +106,18 @@ async fn floor_then_service(
     token: &str,
     name: &str,
     users: &[String],
-) -> anyhow::Result<((u64, f64), Workers)> {
+) -> anyhow::Result<((u64, f64), f64, Workers)> {
     let opts = bench.opts;
     step(&format!("{name}: plain-SQL floor"));
     floor::settle(&bench.pool, floor::FLOOR_SCHEMA, users).await?;
+    let wal = profile::Wal::read(&bench.pool).await?;
     let floor = floor::delete(&bench.pool, users).await?;
+    let wal = profile::Wal::read(&bench.pool).await?.mb_since(wal);
     let workers = Workers::spawn(opts, opts.workers, &[]).await?;
     step(&format!("{name}: through the service"));
     warm_up(bench, token, opts.workers).await?;
     floor::settle(&bench.pool, "platform", users).await?;
-    Ok((floor, workers))
+    Ok((floor, wal, workers))
 }
 
 /// Puts the service where a long-running deployment is before a measured request: one
