@@ -88,3 +88,23 @@ async fn migration_0006_keeps_every_count_the_task_counters_held() {
     .unwrap();
     assert_eq!(old_columns, 0, "one place holds the counts");
 }
+
+#[tokio::test]
+async fn a_deleted_request_takes_its_tasks_with_it_as_the_dropped_foreign_key_did() {
+    let env = TestEnv::new().await;
+    sqlx::raw_sql(
+        "INSERT INTO erasure.requests (request_id, account_id, requested_by, source)
+         VALUES ('eud-kept', 'acct', 'test', 'queue'), ('eud-gone', 'acct', 'test', 'queue');
+         INSERT INTO erasure.tasks (request_id, bot_id)
+         VALUES ('eud-kept', 'b-1'), ('eud-gone', 'b-1'), ('eud-gone', 'b-2');
+         DELETE FROM erasure.requests WHERE request_id = 'eud-gone';",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let left: Vec<String> = sqlx::query_scalar("SELECT request_id FROM erasure.tasks")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, ["eud-kept"]);
+}
