@@ -295,6 +295,55 @@ async fn a_worker_killed_again_and_again_mid_erasure_completes_it_exactly_once_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_while_it_erases_at_planning_leaves_the_rest_to_the_task_message() {
+    // Few rows: the request is small enough to be erased by the delivery that plans it.
+    let s = Scenario::new(
+        &[
+            ("ERASURE_SHUTDOWN_GRACE_SECONDS", "1"),
+            ("ERASURE_OUTBOX_POLL_MS", "200"),
+        ],
+        5,
+    )
+    .await;
+    // The conversations' delete holds the planning delivery long enough to kill it there.
+    sqlx::raw_sql(
+        "CREATE FUNCTION platform.slow() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$;
+         CREATE TRIGGER slow BEFORE DELETE ON platform.conversations
+           FOR EACH STATEMENT EXECUTE FUNCTION platform.slow();",
+    )
+    .execute(&s.env.pool)
+    .await
+    .unwrap();
+    let intake = s.env.start(Role::Intake).await;
+    let id = s.submit(&Api::new(&intake)).await;
+    let worker = Process::spawn(&s.env, "worker", &[]).await;
+    s.wait_planned(&id).await;
+    // Planned, its task message in the outbox, unpublished: the delivery is erasing.
+    let waiting: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM erasure.outbox WHERE message_id LIKE $1 || '/%'")
+            .bind(&id)
+            .fetch_one(&s.env.pool)
+            .await
+            .unwrap();
+    assert_eq!(waiting, 1, "the task message waits in the outbox");
+    worker.kill().await;
+    sqlx::raw_sql("DROP TRIGGER slow ON platform.conversations")
+        .execute(&s.env.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.env.request_status(&id).await.as_deref(),
+        Some("in-progress")
+    );
+    assert!(s.remaining().await > 0, "the kill landed before the end");
+    // The relay publishes the task message; a new worker finishes, counting each row once.
+    let _worker = Process::spawn(&s.env, "worker", &[]).await;
+    s.assert_erased(&id).await;
+    intake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_connection_cut_mid_erasure_and_restored_completes_it() {
     let s = Scenario::new(SLOW, 500).await;
     let proxy = Proxy::start(AMQP_ADDR).await;

@@ -34,6 +34,29 @@ async fn platform(env: &TestEnv, bots: usize) -> Vec<BotId> {
     bots.into_iter().map(BotId::new).collect()
 }
 
+/// Users of `acct-j` with 2 rows per store in each of `bots`.
+async fn more_users(env: &TestEnv, bots: &[BotId], users: &[&str]) {
+    for user in users {
+        env.user(user, None, None).await;
+        for bot in bots {
+            env.rows(user, bot.as_str(), 2).await;
+        }
+    }
+}
+
+/// Each request's rows erased, once every one of them is `completed`.
+async fn completed_rows(env: &TestEnv, msgs: &[EraseMessage]) -> Vec<i64> {
+    let mut rows = Vec::new();
+    for m in msgs {
+        assert_eq!(
+            env.request_status(m.request_id.as_str()).await.as_deref(),
+            Some("completed")
+        );
+        rows.push(env.rows_deleted(m.request_id.as_str()).await);
+    }
+    rows
+}
+
 fn message(users: &[&str], bots: &[BotId]) -> EraseMessage {
     EraseMessage {
         request_id: RequestId::generate(),
@@ -276,12 +299,7 @@ async fn requests_ready_together_are_planned_together_and_erased_in_shared_state
     // Through task messages: none is erased at planning.
     let env = TestEnv::with_vars(&[("ERASURE_ERASE_AT_PLANNING_USERS", "0")]).await;
     let bots = platform(&env, 3).await;
-    for user in ["u-3", "u-4"] {
-        env.user(user, None, None).await;
-        for bot in &bots {
-            env.rows(user, bot.as_str(), 2).await;
-        }
-    }
+    more_users(&env, &bots, &["u-3", "u-4"]).await;
     let ctx = Ctx::built_in(env.pool.clone(), env.config());
     // Four requests: three users of all three bots (u-1 asked twice), one of two bots.
     let msgs = vec![
@@ -316,29 +334,15 @@ async fn requests_ready_together_are_planned_together_and_erased_in_shared_state
         }
     }
     // Every row counted once: u-1's by the first of its two requests.
-    let rows: Vec<i64> = {
-        let mut rows = Vec::new();
-        for m in &msgs {
-            rows.push(env.rows_deleted(m.request_id.as_str()).await);
-        }
-        rows
-    };
-    assert_eq!(rows, [3 * 9, 3 * 9, 0, 2 * 6]);
-    for m in &msgs {
-        assert_eq!(
-            env.request_status(m.request_id.as_str()).await.as_deref(),
-            Some("completed")
-        );
-    }
+    assert_eq!(completed_rows(&env, &msgs).await, [3 * 9, 3 * 9, 0, 2 * 6]);
 }
 
 #[tokio::test]
 async fn small_requests_are_erased_by_the_delivery_that_plans_them() {
     let env = TestEnv::new().await;
     let bots = platform(&env, 3).await;
-    env.user("u-3", None, None).await;
+    more_users(&env, &bots, &["u-3"]).await;
     for bot in &bots {
-        env.rows("u-3", bot.as_str(), 2).await;
         env.rows("u-9", bot.as_str(), 1).await;
     }
     let ctx = Ctx::built_in(env.pool.clone(), env.config());
@@ -368,15 +372,7 @@ async fn small_requests_are_erased_by_the_delivery_that_plans_them() {
             assert_eq!(left == 0, erased, "{user} in {bot}: {left} rows left");
         }
     }
-    let mut rows = Vec::new();
-    for m in &msgs {
-        rows.push(env.rows_deleted(m.request_id.as_str()).await);
-        assert_eq!(
-            env.request_status(m.request_id.as_str()).await.as_deref(),
-            Some("completed")
-        );
-    }
-    assert_eq!(rows, [3 * 9, 3 * 9, 0, 2 * 6]);
+    assert_eq!(completed_rows(&env, &msgs).await, [3 * 9, 3 * 9, 0, 2 * 6]);
 }
 
 #[tokio::test]
@@ -388,12 +384,7 @@ async fn requests_too_big_to_erase_at_planning_are_left_to_their_task_messages()
     ])
     .await;
     let bots = platform(&env, 3).await;
-    for user in ["u-3", "u-4"] {
-        env.user(user, None, None).await;
-        for bot in &bots {
-            env.rows(user, bot.as_str(), 2).await;
-        }
-    }
+    more_users(&env, &bots, &["u-3", "u-4"]).await;
     let ctx = Ctx::built_in(env.pool.clone(), env.config());
     let msgs = vec![
         // Together 18 rows per store: more than one statement's 10.
@@ -440,15 +431,11 @@ async fn requests_too_big_to_erase_at_planning_are_left_to_their_task_messages()
         done.iter().all(|s| matches!(s, Ok(Step::Drained))),
         "{done:?}"
     );
-    let mut rows = Vec::new();
-    for m in &msgs {
-        rows.push(env.rows_deleted(m.request_id.as_str()).await);
-        assert_eq!(
-            env.request_status(m.request_id.as_str()).await.as_deref(),
-            Some("completed")
-        );
-    }
-    assert_eq!(rows, [27, 27, 12, 18], "every row counted once");
+    assert_eq!(
+        completed_rows(&env, &msgs).await,
+        [27, 27, 12, 18],
+        "every row counted once"
+    );
 }
 
 #[tokio::test]
@@ -484,13 +471,7 @@ async fn a_store_that_fails_at_planning_leaves_the_request_to_its_task_message_c
         done.iter().all(|s| matches!(s, Ok(Step::Drained))),
         "{done:?}"
     );
-    for m in &msgs {
-        assert_eq!(env.rows_deleted(m.request_id.as_str()).await, 3 * 6);
-        assert_eq!(
-            env.request_status(m.request_id.as_str()).await.as_deref(),
-            Some("completed")
-        );
-    }
+    assert_eq!(completed_rows(&env, &msgs).await, [3 * 6, 3 * 6]);
 }
 
 #[tokio::test]
