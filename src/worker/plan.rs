@@ -70,22 +70,19 @@ impl Job for PlanJob {
         msgs: &[&EraseMessage],
         stop: &CancellationToken,
     ) -> Vec<Result<Step, JobError>> {
-        let mut plans = None;
-        if msgs.len() > 1 {
-            let group = retry::transient(ctx.retry_budget(), retry::Operation::Plan, || {
+        let together = if msgs.len() > 1 {
+            retry::transient(ctx.retry_budget(), retry::Operation::Plan, || {
                 plan_group(ctx, msgs)
             })
-            .await;
-            match group {
-                Ok(Some(planned)) => plans = Some(planned.into_iter().map(Ok).collect()),
-                Err(e) => return msgs.iter().map(|_| Err(e.clone())).collect(),
-                // Something in the group needs a request of its own: each alone.
-                Ok(None) => {}
-            }
-        }
-        let mut plans: Vec<Result<Outcome, JobError>> = match plans {
-            Some(plans) => plans,
-            None => {
+            .await
+        } else {
+            Ok(None)
+        };
+        let mut plans: Vec<Result<Outcome, JobError>> = match together {
+            Ok(Some(planned)) => planned.into_iter().map(Ok).collect(),
+            Err(e) => return msgs.iter().map(|_| Err(e.clone())).collect(),
+            // One message, or something in the group needs a request of its own: each alone.
+            Ok(None) => {
                 let mut plans = Vec::with_capacity(msgs.len());
                 for msg in msgs {
                     plans.push(plan_one(ctx, msg).await);
@@ -154,6 +151,9 @@ async fn erase_at_once(
                     .map(|m| m.id),
             );
         }
+    }
+    if cleared.is_empty() {
+        return;
     }
     metrics::counter!("erasure_task_messages_skipped_total").increment(cleared.len() as u64);
     // Left behind, the relay publishes them later, and their deliveries find the tasks done.

@@ -165,7 +165,8 @@ pub async fn run_group(
 /// would read), no re-check (the plan just applied the rules). Returns, per message, whether
 /// its tasks are done; a message whose are not (rows beyond one batch, a store with children
 /// or anonymized, shutdown, any error) is left to its task message, which the caller
-/// publishes: what was erased here is counted already, and that delivery erases the rest.
+/// publishes: what was erased here is counted already, and that delivery erases the rest
+/// (and counts its tasks started, so they are counted here only when done).
 pub async fn at_planning(
     ctx: &Ctx,
     planned: &[(&TaskMessage, &[PlatformUserId])],
@@ -178,17 +179,24 @@ pub async fn at_planning(
             ..Work::new(msg)
         })
         .collect();
-    metrics::counter!("erasure_tasks_started_total")
-        .increment(works.iter().map(|w| w.bots.len() as u64).sum());
     let started = Instant::now();
     if let Err(e) = erase_slice(ctx, &mut works, Budget::AtOnce, stop).await {
         tracing::info!(error = %e, "erasing at planning stopped; the task messages take over");
     }
     metrics::histogram!("erasure_task_slice_seconds").record(started.elapsed().as_secs_f64());
-    works
+    let done: Vec<bool> = works
         .iter()
         .map(|w| matches!(w.step, Some(Ok(Step::Drained))))
-        .collect()
+        .collect();
+    metrics::counter!("erasure_tasks_started_total").increment(
+        works
+            .iter()
+            .zip(&done)
+            .filter(|(_, d)| **d)
+            .map(|(w, _)| w.bots.len() as u64)
+            .sum(),
+    );
+    done
 }
 
 /// How much of its tasks a delivery works.
