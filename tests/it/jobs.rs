@@ -44,6 +44,30 @@ async fn more_users(env: &TestEnv, bots: &[BotId], users: &[&str]) {
     }
 }
 
+/// Four requests: u-1 of all the bots, twice (each row counted once); u-2 and u-9 (the
+/// account's owner, protected) of all of them; u-3 of the first two.
+fn four_requests(bots: &[BotId]) -> Vec<EraseMessage> {
+    vec![
+        message(&["u-1"], bots),
+        message(&["u-2", "u-9"], bots),
+        message(&["u-1"], bots),
+        message(&["u-3"], &bots[..2]),
+    ]
+}
+
+/// After [`four_requests`]: u-1's, u-2's and u-3's rows gone from the bots asked (u-3 keeps
+/// the third bot's), every row of `kept` still there.
+async fn assert_gone(env: &TestEnv, bots: &[BotId], kept: &[&str]) {
+    let gone = [("u-1", true), ("u-2", true), ("u-3", true)];
+    for (user, gone) in gone.into_iter().chain(kept.iter().map(|u| (*u, false))) {
+        for (i, bot) in bots.iter().enumerate() {
+            let left = env.count_rows(user, bot.as_str()).await;
+            let erased = gone && !(user == "u-3" && i == 2);
+            assert_eq!(left == 0, erased, "{user} in {bot}: {left} rows left");
+        }
+    }
+}
+
 /// Each request's rows erased, once every one of them is `completed`.
 async fn completed_rows(env: &TestEnv, msgs: &[EraseMessage]) -> Vec<i64> {
     let mut rows = Vec::new();
@@ -301,13 +325,7 @@ async fn requests_ready_together_are_planned_together_and_erased_in_shared_state
     let bots = platform(&env, 3).await;
     more_users(&env, &bots, &["u-3", "u-4"]).await;
     let ctx = Ctx::built_in(env.pool.clone(), env.config());
-    // Four requests: three users of all three bots (u-1 asked twice), one of two bots.
-    let msgs = vec![
-        message(&["u-1"], &bots),
-        message(&["u-2", "u-9"], &bots),
-        message(&["u-1"], &bots),
-        message(&["u-3"], &bots[..2]),
-    ];
+    let msgs = four_requests(&bots);
     let steps = plan_together(&ctx, &msgs).await;
     let mut tasks = Vec::new();
     for step in &steps {
@@ -326,13 +344,7 @@ async fn requests_ready_together_are_planned_together_and_erased_in_shared_state
         steps.iter().all(|s| matches!(s, Ok(Step::Drained))),
         "{steps:?}"
     );
-    for (user, gone) in [("u-1", true), ("u-2", true), ("u-3", true), ("u-4", false)] {
-        for (i, bot) in bots.iter().enumerate() {
-            let left = env.count_rows(user, bot.as_str()).await;
-            let erased = gone && !(user == "u-3" && i == 2);
-            assert_eq!(left == 0, erased, "{user} in {bot}: {left} rows left");
-        }
-    }
+    assert_gone(&env, &bots, &["u-4"]).await;
     // Every row counted once: u-1's by the first of its two requests.
     assert_eq!(completed_rows(&env, &msgs).await, [3 * 9, 3 * 9, 0, 2 * 6]);
 }
@@ -346,13 +358,7 @@ async fn small_requests_are_erased_by_the_delivery_that_plans_them() {
         env.rows("u-9", bot.as_str(), 1).await;
     }
     let ctx = Ctx::built_in(env.pool.clone(), env.config());
-    // u-1 asked twice (each row counted once), u-9 protected, u-3 in two of the bots.
-    let msgs = vec![
-        message(&["u-1"], &bots),
-        message(&["u-2", "u-9"], &bots),
-        message(&["u-1"], &bots),
-        message(&["u-3"], &bots[..2]),
-    ];
+    let msgs = four_requests(&bots);
     let steps = plan_together(&ctx, &msgs).await;
     for step in &steps {
         assert!(
@@ -365,13 +371,7 @@ async fn small_requests_are_erased_by_the_delivery_that_plans_them() {
         0,
         "their task messages were cleared"
     );
-    for (user, gone) in [("u-1", true), ("u-2", true), ("u-3", true), ("u-9", false)] {
-        for (i, bot) in bots.iter().enumerate() {
-            let left = env.count_rows(user, bot.as_str()).await;
-            let erased = gone && !(user == "u-3" && i == 2);
-            assert_eq!(left == 0, erased, "{user} in {bot}: {left} rows left");
-        }
-    }
+    assert_gone(&env, &bots, &["u-9"]).await;
     assert_eq!(completed_rows(&env, &msgs).await, [3 * 9, 3 * 9, 0, 2 * 6]);
 }
 
