@@ -74,6 +74,11 @@ pub struct BenchArgs {
     /// /var/log/postgresql/postgresql-<major>-main.log, or ERASURE_BENCH_PG_LOG).
     #[arg(long)]
     pub profile: bool,
+    /// Records the many scenario's service side with `perf record -a -g` (every process on
+    /// the host, call graphs) into this file, for `perf report --comm postgres` or
+    /// `--comm erasure`: where the CPU of PostgreSQL's backends and of the service went.
+    #[arg(long)]
+    pub perf: Option<PathBuf>,
     /// Users erased by the child scenario's request (from all its bots).
     #[arg(long, default_value_t = 500)]
     pub child_users: i64,
@@ -212,6 +217,9 @@ fn validate(opts: &Options) -> anyhow::Result<()> {
     }
     if has(Scenario::Many) && opts.many_concurrency == 0 {
         bail!("--many-concurrency must be at least 1");
+    }
+    if opts.perf.is_some() && !has(Scenario::Many) {
+        bail!("--perf records the many scenario: add it to --scenarios");
     }
     if opts.profile && !has(Scenario::Many) && !has(Scenario::Bulk) {
         bail!("--profile profiles the many and bulk scenarios: add one to --scenarios");

@@ -101,6 +101,42 @@ impl Cpu {
     }
 }
 
+/// A `perf record` of the whole host with call graphs (`--perf`), from [`Self::start`] to
+/// [`Self::finish`].
+pub struct Perf {
+    child: std::process::Child,
+}
+
+impl Perf {
+    /// Starts recording into `out` when `--perf` asks for it.
+    pub async fn start_if(out: Option<&std::path::Path>) -> anyhow::Result<Option<Self>> {
+        let Some(out) = out else {
+            return Ok(None);
+        };
+        let child = std::process::Command::new("perf")
+            .args(["record", "-a", "-g", "-F", "997", "-q", "-o"])
+            .arg(out)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .context("--perf runs `perf record` (Debian's linux-perf)")?;
+        // perf opens its counters before it records; what runs before then is not seen.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        Ok(Some(Self { child }))
+    }
+
+    /// Stops recording (perf writes its file on SIGINT) and waits for the file.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("could not stop perf record");
+        }
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
 /// Sets the bench database to log every statement with its duration and its CPU
 /// (`--profile`): done when the database is created, so that every session the service opens
 /// logs.

@@ -28,6 +28,7 @@ pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()>
     let cpu = Cpu::start(&bench.pool, &pids).await?;
     let intake_before = intake_seconds(bench).await?;
     let wal = Wal::read(&bench.pool).await?;
+    let perf = profile::Perf::start_if(opts.perf.as_deref()).await?;
     let started = chrono::Utc::now();
     let bodies = users
         .iter()
@@ -42,6 +43,9 @@ pub async fn run(bench: &Bench<'_>, figures: &mut Figures) -> anyhow::Result<()>
     )
     .await?;
     let settled = small::settle(bench, &accepted.ids).await?;
+    if let Some(perf) = perf {
+        perf.finish()?;
+    }
     // To the last completion, on the database's clock (this host's, as the start's): not to
     // the poll that saw it, up to 100 ms later.
     let wall = (settled.last_completed_at - started)
