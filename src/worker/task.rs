@@ -337,8 +337,9 @@ async fn recheck(ctx: &Ctx, works: &mut [Work<'_>]) -> Result<(), JobError> {
 
 /// Erases the active works' rows from one root store (and its children): works that share
 /// their bots together in one batch where their rows fit it, the others one by one (within a
-/// [`Budget::Slice`]; within [`Budget::AtOnce`] they are left as they are). Returns, per
-/// active work, the rows erased and whether the store drained for it.
+/// [`Budget::Slice`]; within [`Budget::AtOnce`] the group is halved until its parts fit, and
+/// a work too big alone is left as it is). Returns, per active work, the rows erased and
+/// whether the store drained for it.
 async fn erase_root(
     ctx: &Ctx,
     root: usize,
@@ -349,7 +350,10 @@ async fn erase_root(
 ) -> Result<Vec<(u64, bool)>, JobError> {
     let mut out = vec![(0, false); active.len()];
     let mut alone: Vec<usize> = Vec::new();
-    for group in by_bots(works, active) {
+    // A stack, in order: a halved group's first half comes next.
+    let mut groups = by_bots(works, active);
+    groups.reverse();
+    while let Some(group) = groups.pop() {
         if group.len() == 1 && budget == Budget::Slice {
             alone.push(group[0]);
             continue;
@@ -363,6 +367,14 @@ async fn erase_root(
                 }
             }
             None if budget == Budget::Slice => alone.extend(group),
+            // At planning, a group whose rows are too many for one statement is halved until
+            // its parts fit (a burst of requests makes large groups): only a request too big
+            // on its own is left to its task message.
+            None if group.len() > 1 && !stop.is_cancelled() => {
+                let (first, second) = group.split_at(group.len() / 2);
+                groups.push(second.to_vec());
+                groups.push(first.to_vec());
+            }
             None => {}
         }
     }

@@ -376,24 +376,50 @@ async fn small_requests_are_erased_by_the_delivery_that_plans_them() {
 }
 
 #[tokio::test]
+async fn a_group_too_big_for_one_statement_at_planning_is_halved_until_its_parts_fit() {
+    let env = TestEnv::with_vars(&[("ERASURE_BATCH_SIZE", "10")]).await;
+    let bots = platform(&env, 3).await;
+    let ctx = Ctx::built_in(env.pool.clone(), env.config());
+    // 9 rows per store each: 18 together, more than one statement's 10; 9 alone.
+    let msgs = vec![message(&["u-1"], &bots), message(&["u-2"], &bots)];
+    let steps = plan_together(&ctx, &msgs).await;
+    let published: Vec<usize> = steps
+        .iter()
+        .map(|s| queued(s.as_ref().unwrap()).len())
+        .collect();
+    assert_eq!(published, [0, 0], "both erased at planning");
+    assert_eq!(env.outbox_len().await, 0);
+    assert_eq!(completed_rows(&env, &msgs).await, [27, 27]);
+    for user in ["u-1", "u-2"] {
+        for bot in &bots {
+            assert_eq!(
+                env.count_rows(user, bot.as_str()).await,
+                0,
+                "{user} in {bot}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn requests_too_big_to_erase_at_planning_are_left_to_their_task_messages() {
-    // At most one user to erase at planning, and 10 rows per statement.
+    // At most one user to erase at planning, and 8 rows per statement.
     let env = TestEnv::with_vars(&[
         ("ERASURE_ERASE_AT_PLANNING_USERS", "1"),
-        ("ERASURE_BATCH_SIZE", "10"),
+        ("ERASURE_BATCH_SIZE", "8"),
     ])
     .await;
     let bots = platform(&env, 3).await;
-    more_users(&env, &bots, &["u-3", "u-4"]).await;
+    more_users(&env, &bots, &["u-3", "u-4", "u-5"]).await;
     let ctx = Ctx::built_in(env.pool.clone(), env.config());
     let msgs = vec![
-        // Together 18 rows per store: more than one statement's 10.
+        // 9 rows per store each: more than one statement's 8, together and alone.
         message(&["u-1"], &bots),
         message(&["u-2"], &bots),
         // 4 rows per store: erased at planning.
         message(&["u-3"], &bots[..2]),
-        // Two users: more than ERASURE_ERASE_AT_PLANNING_USERS.
-        message(&["u-4", "u-9"], &bots),
+        // Two users to erase: more than ERASURE_ERASE_AT_PLANNING_USERS.
+        message(&["u-4", "u-5"], &bots),
     ];
     let steps = plan_together(&ctx, &msgs).await;
     let published: Vec<Vec<TaskMessage>> =
@@ -405,7 +431,13 @@ async fn requests_too_big_to_erase_at_planning_are_left_to_their_task_messages()
         3,
         "what is to publish is in the outbox"
     );
-    for (user, left) in [("u-1", 27), ("u-2", 27), ("u-3", 6), ("u-4", 18)] {
+    for (user, left) in [
+        ("u-1", 27),
+        ("u-2", 27),
+        ("u-3", 6),
+        ("u-4", 18),
+        ("u-5", 18),
+    ] {
         let mut n = 0;
         for bot in &bots {
             n += env.count_rows(user, bot.as_str()).await;
@@ -433,7 +465,7 @@ async fn requests_too_big_to_erase_at_planning_are_left_to_their_task_messages()
     );
     assert_eq!(
         completed_rows(&env, &msgs).await,
-        [27, 27, 12, 18],
+        [27, 27, 12, 36],
         "every row counted once"
     );
 }
