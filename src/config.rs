@@ -193,8 +193,10 @@ settings! {
         amqp_url: AmqpUrls = "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f", amqp_urls;
         /// prefix of every exchange and queue name (e.g. `p.`)
         prefix: QueuePrefix = "ERASURE_QUEUE_PREFIX", "", queue_prefix;
-        /// unacknowledged deliveries per consumer (at least ERASURE_COALESCE for messages to be worked together)
+        /// unacknowledged task messages per worker (the `erasure.tasks` queue; at least ERASURE_COALESCE for messages to be worked together): what a busy worker holds, other replicas cannot take
         prefetch: u16 = "ERASURE_PREFETCH", "128", int(1, u16::MAX);
+        /// unacknowledged erase requests per worker (the `erasure.requests` queue): room for ERASURE_WORKER_CONCURRENCY groups of requests planned together (ERASURE_COALESCE) and the next one forming; a smaller prefetch keeps a burst's groups small
+        requests_prefetch: u16 = "ERASURE_REQUESTS_PREFETCH", "512", int(1, u16::MAX);
         /// deliveries of one message that end with the worker gone (a crash loop) before it is dead-lettered; returns for other reasons (a lost connection, a node lost or back) do not count, but a first delivery that came back is presumed a crash (so 1 dead-letters any redelivery)
         max_deliveries: u32 = "ERASURE_MAX_DELIVERIES", "5", int(1, 1000);
         /// replicas of each quorum queue, set when the queue is declared (`x-quorum-initial-group-size`; the broker caps it at the cluster's size)
@@ -215,6 +217,10 @@ settings! {
         concurrency: usize = "ERASURE_WORKER_CONCURRENCY", "4", int(1, 1024);
         /// most messages of a queue a worker takes at once when they are ready together, and works together: requests planned in one transaction, tasks erased in shared statements (1: one at a time)
         coalesce: usize = "ERASURE_COALESCE", "64", int(1, 1024);
+        /// how long a worker waits for more erase requests to plan and erase together with the ones ready, while they keep arriving (a burst of one-user requests then shares its statements; 0: no wait)
+        coalesce_wait: Duration = "ERASURE_COALESCE_WAIT_MS", "50", millis(0, 10_000);
+        /// the wait for more erase requests ends as soon as none has arrived for this long, so that a light load is not held back
+        coalesce_pause: Duration = "ERASURE_COALESCE_PAUSE_MS", "10", millis(1, 10_000);
         /// requests of at most this many users are erased by the delivery that plans them, without a task message, when their rows fit one statement per store (the rest, and larger requests, go through task messages; 0: always through task messages)
         erase_at_planning_users: usize = "ERASURE_ERASE_AT_PLANNING_USERS", "16", int(0, 1_000);
         /// ceiling on rows deleted per second per worker process (0: none)
@@ -407,6 +413,7 @@ mod tests {
         assert_eq!(c.http.max_user_ids, 1000);
         assert_eq!(c.retention.pii_retention, Duration::from_secs(30 * 86_400));
         assert_eq!(c.queue.prefetch, 128);
+        assert_eq!(c.queue.requests_prefetch, 512);
         assert!(!c.keys.secret_key.configured);
         assert!(c.unknown.is_empty());
     }

@@ -212,18 +212,26 @@ async fn spawn_workers(
     let _ =
         tokio::time::timeout(Duration::from_secs(5), crate::erase::warm_up(targets, warm)).await;
     let ctx = Arc::new(Ctx::new(config.clone(), targets.clone()));
-    let spec = |name: &'static str, queue: String| ConsumerSpec {
+    let spec = |name: &'static str, queue: String, prefetch: u16| ConsumerSpec {
         brokers: (&config.queue.amqp_url).into(),
         queue,
         name,
-        prefetch: config.queue.prefetch,
+        prefetch,
         concurrency: config.worker.concurrency,
         grace: config.worker.shutdown_grace,
         topology: topology.clone(),
         up: Arc::new(AtomicBool::new(false)),
     };
-    let requests = spec(Consumer::Requests.label(), topology.requests_queue());
-    let tasks = spec(Consumer::Tasks.label(), topology.tasks_queue());
+    let requests = spec(
+        Consumer::Requests.label(),
+        topology.requests_queue(),
+        config.queue.requests_prefetch,
+    );
+    let tasks = spec(
+        Consumer::Tasks.label(),
+        topology.tasks_queue(),
+        config.queue.prefetch,
+    );
     let consumers = vec![
         (requests.name, requests.up.clone()),
         (tasks.name, tasks.up.clone()),

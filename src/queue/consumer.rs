@@ -54,11 +54,34 @@ pub trait Handler: Send + Sync + 'static {
         1
     }
 
+    /// How long to wait for more deliveries to hand over with the ones ready, while they
+    /// keep arriving (`None`: hand over what is ready, at once).
+    fn linger(&self) -> Option<Linger> {
+        None
+    }
+
     fn handle(
         &self,
         messages: Vec<Message>,
         stop: CancellationToken,
     ) -> impl Future<Output = Vec<Outcome>> + Send;
+}
+
+/// A wait for more deliveries before handing over a batch that is not full: it ends at
+/// `most` after the first, or as soon as none has arrived for `pause` (a light load then
+/// waits no longer than `pause`; a burst fills its batches).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Linger {
+    pub most: Duration,
+    pub pause: Duration,
+}
+
+impl Linger {
+    /// When to stop waiting for the next delivery: `pause` from now, but never past the
+    /// batch's `deadline`.
+    fn until(&self, deadline: tokio::time::Instant) -> tokio::time::Instant {
+        deadline.min(tokio::time::Instant::now() + self.pause)
+    }
 }
 
 pub struct ConsumerSpec {
@@ -213,12 +236,25 @@ async fn pump<H: Handler>(
             permit = permits.clone().acquire_owned(), if !waiting.is_empty() => {
                 let permit = permit.expect("semaphore never closes");
                 // The deliveries already here (up to the prefetch) go with the first: the
-                // handler works them together. Nothing waits for more: a lone delivery is not
-                // delayed.
+                // handler works them together; with a linger, so do those that follow them
+                // closely.
                 while waiting.len() < handler.batch() {
                     match consumer.next().now_or_never() {
                         Some(next) => receive(spec, &mut waiting, next)?,
                         None => break,
+                    }
+                }
+                if let Some(linger) = handler.linger() {
+                    let deadline = tokio::time::Instant::now() + linger.most;
+                    while waiting.len() < handler.batch() {
+                        tokio::select! {
+                            biased;
+                            _ = cancel.cancelled() => break,
+                            next = tokio::time::timeout_at(linger.until(deadline), consumer.next()) => match next {
+                                Ok(next) => receive(spec, &mut waiting, next)?,
+                                Err(_) => break,
+                            },
+                        }
                     }
                 }
                 let batch: Vec<Delivery> =

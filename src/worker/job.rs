@@ -16,7 +16,7 @@ use crate::{
     erase::DbError,
     queue::{
         self,
-        consumer::{Handler, Message, Outcome},
+        consumer::{Handler, Linger, Message, Outcome},
         publisher::Publisher,
         redelivery::{self, Run, Verdict},
     },
@@ -52,6 +52,12 @@ pub trait Job: Send + Sync + 'static {
     /// Most messages worked together (`ERASURE_COALESCE`; 1: one at a time).
     fn batch(&self, ctx: &Ctx) -> usize {
         ctx.config.worker.coalesce
+    }
+
+    /// How long a group waits for more messages while they keep arriving (by default, not
+    /// at all: what is ready goes at once).
+    fn linger(&self, _ctx: &Ctx) -> Option<Linger> {
+        None
     }
 
     /// Does the work of several messages that were ready together, one result each, in order;
@@ -393,6 +399,10 @@ impl<J: Job> Runner<J> {
 impl<J: Job> Handler for Runner<J> {
     fn batch(&self) -> usize {
         self.job.batch(&self.ctx)
+    }
+
+    fn linger(&self) -> Option<Linger> {
+        self.job.linger(&self.ctx)
     }
 
     /// Reads every delivery, works the ones that may run together, publishes what their steps

@@ -16,6 +16,7 @@ use super::{
 use crate::{
     contract::{ERASE_ROUTING_KEY, EraseMessage, TaskMessage},
     domain::{AccountId, BotId, PlatformUserId, RequestId},
+    queue::consumer::Linger,
     retry, rules,
     store::{
         dead_letters::Subject,
@@ -51,6 +52,17 @@ impl Job for PlanJob {
 
     fn span(&self, msg: &EraseMessage) -> tracing::Span {
         tracing::info_span!("plan", request_id = %msg.request_id)
+    }
+
+    /// A burst of requests (a platform offboarding its users one message each) is planned
+    /// and erased in groups as large as it allows: each group's statements visit the pages
+    /// its users' rows share once, where groups of a few users would each visit them again.
+    fn linger(&self, ctx: &Ctx) -> Option<Linger> {
+        let w = &ctx.config.worker;
+        (w.coalesce_wait > std::time::Duration::ZERO && w.coalesce > 1).then_some(Linger {
+            most: w.coalesce_wait,
+            pause: w.coalesce_pause,
+        })
     }
 
     async fn execute(

@@ -162,3 +162,97 @@ async fn a_malformed_message_reusing_a_request_id_does_not_fail_that_request() {
     );
     svc.shutdown().await;
 }
+
+/// Publishes one-user erase requests of `users` straight to the queue, `apart` from each
+/// other, and answers how many transactions completed them (requests settled together share
+/// their `completed_at`, the transaction's time).
+async fn burst(env: &TestEnv, tag: &str, apart: Duration) -> usize {
+    let bots = env.account("acct-burst", 2).await;
+    let users: Vec<String> = (1..=3).map(|i| format!("u-{tag}-{i}")).collect();
+    for u in &users {
+        env.user(u, None, None).await;
+        for b in &bots {
+            env.rows(u, b, 4).await;
+        }
+    }
+    let svc = env.start(Role::Worker).await;
+    // Consuming before the first is published: the spacing is the broker's, not a backlog's.
+    let ready = format!("http://{}/readyz", svc.http_addr);
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        async || {
+            let r = reqwest::get(&ready).await.ok()?;
+            r.status().is_success().then_some(())
+        },
+        || "the worker did not get ready".into(),
+    )
+    .await;
+    let ids: Vec<String> = (1..=3).map(|i| format!("eud-{tag}-{i}")).collect();
+    for (i, (id, user)) in ids.iter().zip(&users).enumerate() {
+        if i > 0 {
+            tokio::time::sleep(apart).await;
+        }
+        let message = json!({
+            "version": 1, "requestId": id, "accountId": "acct-burst",
+            "userIds": [user], "botIds": [], "removeDataFromAllBots": true,
+            "requestedBy": "cs-platform-service", "requestedAt": "2026-11-28T10:00:00Z"
+        });
+        publish_raw(env, ERASE_ROUTING_KEY, message.to_string().as_bytes()).await;
+    }
+    for id in &ids {
+        assert_eq!(
+            env.wait_settled(id, Duration::from_secs(30)).await,
+            "completed"
+        );
+    }
+    for u in &users {
+        for b in &bots {
+            assert_eq!(env.count_rows(u, b).await, 0, "{u}'s rows in {b}");
+        }
+    }
+    svc.shutdown().await;
+    sqlx::query_scalar::<_, i64>(
+        "SELECT count(DISTINCT completed_at) FROM erasure.requests WHERE request_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap() as usize
+}
+
+#[tokio::test]
+async fn requests_that_keep_arriving_are_planned_and_erased_together() {
+    // Each arrives well within the pause of the one before, and all within the wait.
+    let env = TestEnv::with_vars(&[
+        ("ERASURE_COALESCE_WAIT_MS", "4000"),
+        ("ERASURE_COALESCE_PAUSE_MS", "2000"),
+    ])
+    .await;
+    assert_eq!(
+        burst(&env, "together", Duration::from_millis(300)).await,
+        1,
+        "one group"
+    );
+}
+
+#[tokio::test]
+async fn without_a_wait_requests_arriving_apart_are_worked_as_they_come() {
+    let env = TestEnv::with_vars(&[("ERASURE_COALESCE_WAIT_MS", "0")]).await;
+    assert_eq!(
+        burst(&env, "apart", Duration::from_millis(300)).await,
+        3,
+        "one group each"
+    );
+}
+
+#[tokio::test]
+async fn the_wait_for_more_requests_ends_at_its_most() {
+    // The pause never elapses between arrivals, the wait does: the burst is split.
+    let env = TestEnv::with_vars(&[
+        ("ERASURE_COALESCE_WAIT_MS", "400"),
+        ("ERASURE_COALESCE_PAUSE_MS", "3000"),
+    ])
+    .await;
+    assert!(burst(&env, "most", Duration::from_millis(700)).await >= 2);
+}
