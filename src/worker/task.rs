@@ -353,6 +353,7 @@ async fn erase_root(
     // A stack, in order: a halved group's first half comes next.
     let mut groups = by_bots(works, active);
     groups.reverse();
+    let mut halvings = MOST_HALVINGS_AT_PLANNING;
     while let Some(group) = groups.pop() {
         if group.len() == 1 && budget == Budget::Slice {
             alone.push(group[0]);
@@ -370,7 +371,8 @@ async fn erase_root(
             // At planning, a group whose rows are too many for one statement is halved until
             // its parts fit (a burst of requests makes large groups): only a request too big
             // on its own is left to its task message.
-            None if group.len() > 1 && !stop.is_cancelled() => {
+            None if group.len() > 1 && halvings > 0 && !stop.is_cancelled() => {
+                halvings -= 1;
                 let (first, second) = group.split_at(group.len() / 2);
                 groups.push(second.to_vec());
                 groups.push(first.to_vec());
@@ -383,6 +385,12 @@ async fn erase_root(
     }
     Ok(out)
 }
+
+/// Most groups halved per store at planning. Each try that does not fit costs a count of up
+/// to a batch's rows: were every request of a large group too big on its own, halving down to
+/// single requests would count the batch's rows twice per request; past this many halvings
+/// the parts left are left to their task messages.
+const MOST_HALVINGS_AT_PLANNING: usize = 7;
 
 /// The active works grouped by their bots, in whatever order they list them (indices into
 /// `active`), each group in order.
