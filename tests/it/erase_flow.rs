@@ -13,10 +13,7 @@ async fn an_erase_request_deletes_every_target_row_and_nothing_else() {
     let bots = env.account("acct-a", 3).await;
     let other = env.account("acct-b", 1).await;
     for u in ["u-1", "u-2", "u-3"] {
-        env.user(u, None, None).await;
-        for b in bots.iter().chain(&other) {
-            env.rows(u, b, 7).await;
-        }
+        env.user_with_rows(u, bots.iter().chain(&other), 7).await;
     }
     let (_, _, token) = env.app("acct-a", &["delete_users_data"]).await;
     let before = env

@@ -52,10 +52,8 @@ impl Scenario {
         let bots = env.account("acct-a", 3).await;
         let foreign = env.account("acct-b", 1).await;
         for u in ["u-1", "u-2", "u-3"] {
-            env.user(u, None, None).await;
-            for b in bots.iter().chain(&foreign) {
-                env.rows(u, b, rows).await;
-            }
+            env.user_with_rows(u, bots.iter().chain(&foreign), rows)
+                .await;
         }
         let target: Vec<&str> = bots[..2].iter().map(String::as_str).collect();
         let before = env.checksum_outside(&USERS, &target).await;

@@ -181,6 +181,20 @@ impl TestEnv {
         }
     }
 
+    /// A platform user `user` (no email, no enterprise id) with `n` rows in each of `bots`,
+    /// in each of the three stores.
+    pub async fn user_with_rows<B: AsRef<str>>(
+        &self,
+        user: &str,
+        bots: impl IntoIterator<Item = B>,
+        n: i64,
+    ) {
+        self.user(user, None, None).await;
+        for bot in bots {
+            self.rows(user, bot.as_ref(), n).await;
+        }
+    }
+
     /// Makes the platform refuse every delete of a conversation (a trigger raising an error
     /// that quotes the row's user, which must reach no log, reason or callback): the tasks
     /// that erase conversations fail for good until [`Self::allow_deletes`].

@@ -37,10 +37,7 @@ async fn platform(env: &TestEnv, bots: usize) -> Vec<BotId> {
 /// Users of `acct-j` with 2 rows per store in each of `bots`.
 async fn more_users(env: &TestEnv, bots: &[BotId], users: &[&str]) {
     for user in users {
-        env.user(user, None, None).await;
-        for bot in bots {
-            env.rows(user, bot.as_str(), 2).await;
-        }
+        env.user_with_rows(user, bots, 2).await;
     }
 }
 

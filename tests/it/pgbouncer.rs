@@ -645,10 +645,7 @@ async fn measure_budget(bouncer: Option<&PgBouncer>) {
     for (round, pool) in [(0, "16"), (1, "64")] {
         let users: Vec<String> = (0..60).map(|u| format!("u-budget-{round}-{u}")).collect();
         for u in &users {
-            env.user(u, None, None).await;
-            for b in &bots {
-                env.rows(u, b, 200).await;
-            }
+            env.user_with_rows(u, &bots, 200).await;
         }
         let intake = crate::process::Process::spawn(&env, "intake", &vars(&through)).await;
         let sampler = Sampler::start(&env.db_name).await;
@@ -1057,10 +1054,7 @@ async fn erase_at_once(
         .await;
     let users: Vec<String> = (0..users).map(|u| format!("u-{tag}-{u}")).collect();
     for u in users.iter().chain([&format!("u-{tag}-kept")]) {
-        env.user(u, None, None).await;
-        for b in &bots {
-            env.rows(u, b, rows).await;
-        }
+        env.user_with_rows(u, &bots, rows).await;
     }
     let client = reqwest::Client::new();
     let calls = users.iter().map(|u| {

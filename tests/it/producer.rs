@@ -170,10 +170,7 @@ async fn burst(env: &TestEnv, tag: &str, apart: Duration) -> usize {
     let bots = env.account("acct-burst", 2).await;
     let users: Vec<String> = (1..=3).map(|i| format!("u-{tag}-{i}")).collect();
     for u in &users {
-        env.user(u, None, None).await;
-        for b in &bots {
-            env.rows(u, b, 4).await;
-        }
+        env.user_with_rows(u, &bots, 4).await;
     }
     let svc = env.start(Role::Worker).await;
     // Consuming before the first is published: the spacing is the broker's, not a backlog's.

@@ -310,10 +310,7 @@ async fn many_users_across_bots_are_erased_in_bounded_batches() {
     let bots = env.account("acct-a", 2).await;
     let users: Vec<String> = (1..=6).map(|i| format!("u-{i}")).collect();
     for u in &users {
-        env.user(u, None, None).await;
-        for b in &bots {
-            env.rows(u, b, 9).await;
-        }
+        env.user_with_rows(u, &bots, 9).await;
     }
     let targets: Vec<&str> = users[..4].iter().map(String::as_str).collect();
     let bot_refs: Vec<&str> = bots.iter().map(String::as_str).collect();

@@ -34,10 +34,7 @@ fn verifier(env: &TestEnv, vars: &[(&str, &str)]) -> Verifier {
 async fn platform(env: &TestEnv) -> (Vec<String>, String) {
     let bots = env.account("acct-late", 2).await;
     for u in ["u-late-1", "u-late-2"] {
-        env.user(u, None, None).await;
-        for b in &bots {
-            env.rows(u, b, 5).await;
-        }
+        env.user_with_rows(u, &bots, 5).await;
     }
     let (_, _, token) = env.app("acct-late", &["delete_users_data"]).await;
     (bots, token)
