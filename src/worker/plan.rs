@@ -59,7 +59,7 @@ impl Job for PlanJob {
     /// its users' rows share once, where groups of a few users would each visit them again.
     fn linger(&self, ctx: &Ctx) -> Option<Linger> {
         let w = &ctx.config.worker;
-        (w.coalesce_wait > std::time::Duration::ZERO && w.coalesce > 1).then_some(Linger {
+        (!w.coalesce_wait.is_zero()).then_some(Linger {
             most: w.coalesce_wait,
             pause: w.coalesce_pause,
         })
